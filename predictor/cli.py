@@ -1,0 +1,161 @@
+"""``chrono-upscaler``: serve the fal API, or upscale a file in process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from predictor.config import FetchLimits, MiB, Settings
+from predictor.engines import ENGINE_NAMES
+
+FORMAT_BY_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=ENGINE_NAMES, default="sr", help="upscaling engine")
+    group.add_argument(
+        "--sr-model",
+        choices=("waifu2x", "realesrgan"),
+        default=None,
+        help="sr engine: waifu2x photo (fidelity, default) or Real-ESRGAN x4plus (clean-up look)",
+    )
+    group.add_argument("--tile-size", type=int, default=None, help="sr engine: input tile side")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {"model": args.sr_model, "tile_size": args.tile_size, "threads": args.threads}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chrono-upscaler", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the fal-compatible API on KServe")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
+    serve.add_argument("--port", type=int, default=8080, help="HTTP port (KServe's is 8080)")
+    serve.add_argument("--model-name", default="chrono-upscaler", help="KServe model name")
+    _add_engine_options(serve)
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let image_url reach loopback/private addresses (tests, trusted networks only)",
+    )
+    limits.add_argument("--max-download-mb", type=float, default=32, help="image_url size limit")
+    limits.add_argument(
+        "--fetch-timeout", type=float, default=30, help="seconds to download image_url"
+    )
+    limits.add_argument("--max-input-pixels", type=int, default=Settings.max_input_pixels)
+    limits.add_argument("--max-output-pixels", type=int, default=Settings.max_output_pixels)
+    limits.add_argument("--max-inflight", type=int, default=1, help="engine jobs run at once")
+    limits.add_argument(
+        "--max-waiting", type=int, default=16, help="requests that may wait; then 429"
+    )
+    limits.add_argument(
+        "--request-timeout", type=float, default=300, help="seconds per request; then 504"
+    )
+    outputs = serve.add_argument_group("outputs")
+    outputs.add_argument("--output-ttl", type=float, default=3600, help="seconds outputs are kept")
+    outputs.add_argument("--output-store-mb", type=float, default=1024, help="output store size")
+    outputs.add_argument("--public-url", default=None, help="base URL for output links")
+
+    upscale = commands.add_parser("upscale", help="upscale one image file in this process")
+    upscale.add_argument("input", type=Path)
+    upscale.add_argument("-o", "--output", type=Path, required=True)
+    upscale.add_argument("--factor", type=float, default=2.0, help="1 to 4")
+    upscale.add_argument(
+        "--format",
+        choices=("jpeg", "png", "webp"),
+        default=None,
+        help="default: from the output file's extension, else jpeg",
+    )
+    upscale.add_argument("--seed", type=int, default=None)
+    _add_engine_options(upscale)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        engine=args.engine,
+        engine_options=_engine_options(args),
+        fetch=FetchLimits(
+            allow_private_urls=args.allow_private_urls,
+            max_bytes=int(args.max_download_mb * MiB),
+            total_timeout_s=args.fetch_timeout,
+        ),
+        max_input_pixels=args.max_input_pixels,
+        max_output_pixels=args.max_output_pixels,
+        max_inflight=args.max_inflight,
+        max_waiting=args.max_waiting,
+        request_timeout_s=args.request_timeout,
+        output_ttl_s=args.output_ttl,
+        output_store_bytes=int(args.output_store_mb * MiB),
+        public_url=args.public_url,
+    )
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from predictor.engines import load_engine
+    from predictor.errors import UpscaleError
+    from predictor.journey import parse_request, process_image
+    from predictor.plan import resolve_seed
+
+    output_format = args.format or FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "jpeg")
+    try:
+        request = parse_request(
+            {
+                "image_url": str(args.input),
+                "upscale_factor": args.factor,
+                "output_format": output_format,
+                "seed": args.seed,
+            },
+            loc_prefix=(),
+        )
+        data = args.input.read_bytes()
+        engine = load_engine(args.engine, **_engine_options(args))
+        with tqdm(unit="tile", desc=f"{args.engine} ×{args.factor:g}") as bar:
+
+            def progress(done: int, total: int, unit: str) -> None:
+                bar.total, bar.unit = total, unit
+                bar.n = done
+                bar.refresh()
+
+            processed = process_image(
+                data, request, resolve_seed(request.seed), engine, Settings(), progress
+            )
+    except UpscaleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.output.write_bytes(processed.encoded.data)
+    (width, height), encoded = processed.input_size, processed.encoded
+    print(f"{args.input} {width}×{height} → {args.output} {encoded.width}×{encoded.height}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        from predictor.server import serve
+
+        serve(settings_from_args(args))
+        return 0
+    return run_upscale(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

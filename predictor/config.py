@@ -1,0 +1,50 @@
+"""Service settings: one frozen dataclass, filled from the command line (``predictor.cli``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """How far ``image_url`` fetching may go; see ``predictor.fetch``."""
+
+    allow_private_urls: bool = False
+    max_bytes: int = 32 * MiB  # downloads and decoded data: URIs alike
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    total_timeout_s: float = 30.0
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs; defaults are what a single replica should run with."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model_name: str = "chrono-upscaler"
+    engine: str = "sr"
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    fetch: FetchLimits = field(default_factory=FetchLimits)
+    #: decoded input pixels (decompression bombs stop here) and planned output pixels
+    max_input_pixels: int = 4096 * 4096
+    max_output_pixels: int = 8192 * 4096
+    #: engine jobs that run at once, and requests allowed to wait for one
+    max_inflight: int = 1
+    max_waiting: int = 16
+    #: whole-request deadline (waiting + fetch + engine + encode), seconds
+    request_timeout_s: float = 300.0
+    #: outputs served under /files/ when sync_mode is false
+    output_ttl_s: float = 3600.0
+    output_store_bytes: int = 1024 * MiB
+    #: absolute base for output URLs (e.g. the public ingress); default: the request's own base URL
+    public_url: str | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        """A JSON body may carry a base64 data: URI of ``fetch.max_bytes`` plus the other fields."""
+        return self.fetch.max_bytes * 4 // 3 + 64 * 1024

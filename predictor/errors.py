@@ -1,0 +1,152 @@
+"""Errors a request can end in, shaped the way fal's clients expect them.
+
+fal has two shapes (both keep FastAPI's ``detail`` key):
+
+* input errors: ``{"detail": [{"loc", "msg", "type", "url", "ctx"?}]}`` — what a client sent
+  is wrong (schema, an image that cannot be fetched or decoded, a limit exceeded);
+* request errors: ``{"detail": "<text>", "error_type": "<kind>"}`` plus ``X-Fal-Error-Type`` —
+  the request could not be served (queue full, timed out, not ready).
+
+Pure data: the HTTP edge (``predictor.routes``) turns them into responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+ERROR_DOCS = "https://docs.fal.ai/errors/#"
+
+
+class UpscaleError(Exception):
+    """Base class: every error that must reach the client with a specific status."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+    retryable: bool = False
+
+    def body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Fal-Error-Type": self.error_type,
+            "X-Fal-Retryable": "true" if self.retryable else "false",
+        }
+
+
+class InputError(UpscaleError):
+    """Something in the request body is wrong; ``loc`` names the field (fal/FastAPI style)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error_type: str,
+        msg: str,
+        loc: Sequence[str | int] = ("body",),
+        ctx: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(msg)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.msg = msg
+        self.loc = list(loc)
+        self.ctx = ctx
+
+    def body(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "loc": self.loc,
+            "msg": self.msg,
+            "type": self.error_type,
+            "url": ERROR_DOCS + self.error_type,
+        }
+        if self.ctx:
+            item["ctx"] = self.ctx
+        return {"detail": [item], "error_type": self.error_type}
+
+
+class ValidationFailed(UpscaleError):
+    """Schema or range errors (422), as a list of pydantic-style items."""
+
+    status_code = 422
+    error_type = "validation_error"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} validation error(s)")
+        self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.errors}
+
+
+class RequestFailed(UpscaleError):
+    """The request as a whole could not be served (429/503/504): a flat detail and error_type."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error_type: str,
+        detail: str,
+        retry_after: float | None = None,
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.detail = detail
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "error_type": self.error_type}
+
+    def headers(self) -> dict[str, str]:
+        headers = super().headers()
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        return headers
+
+
+# The input errors this service raises, one constructor each so call sites read as prose.
+def download_error(msg: str, loc: Sequence[str | int] = ("body", "image_url")) -> InputError:
+    return InputError(400, "file_download_error", msg, loc)
+
+
+def url_not_allowed(msg: str, loc: Sequence[str | int] = ("body", "image_url")) -> InputError:
+    return InputError(400, "url_not_allowed", msg, loc)
+
+
+def image_load_error(
+    msg: str, loc: Sequence[str | int] = ("body", "image_url"), **ctx: Any
+) -> InputError:
+    return InputError(400, "image_load_error", msg, loc, ctx or None)
+
+
+def file_too_large(
+    msg: str, max_bytes: int, loc: Sequence[str | int] = ("body", "image_url")
+) -> InputError:
+    return InputError(413, "file_too_large", msg, loc, {"max_bytes": max_bytes})
+
+
+def image_too_large(msg: str, loc: Sequence[str | int], **ctx: Any) -> InputError:
+    return InputError(413, "image_too_large", msg, loc, ctx or None)
+
+
+def feature_not_supported(msg: str, loc: Sequence[str | int]) -> InputError:
+    return InputError(400, "feature_not_supported", msg, loc)
+
+
+def queue_full(retry_after: float) -> RequestFailed:
+    return RequestFailed(
+        429, "queue_full", "Too many requests in flight; retry later.", retry_after=retry_after
+    )
+
+
+def not_ready(detail: str = "The model is not ready yet.") -> RequestFailed:
+    return RequestFailed(503, "runner_scheduling_failure", detail, retry_after=5)
+
+
+def timed_out(seconds: float) -> RequestFailed:
+    return RequestFailed(
+        504, "request_timeout", f"Request timed out after {seconds:g} s.", retryable=True
+    )

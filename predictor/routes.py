@@ -1,0 +1,114 @@
+"""The HTTP edge: fal's routes mounted on KServe's own FastAPI app, and error translation.
+
+Protocol translation happens here once; the journey below sees only validated requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from predictor.errors import UpscaleError, file_too_large, not_ready
+from predictor.journey import Upscaler, public_error
+from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
+
+FAL_PATH = f"/{APP_ID}"
+
+
+def error_response(exc: UpscaleError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+
+async def _upscale_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UpscaleError)
+    return error_response(exc)
+
+
+async def _validation_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = [public_error(error) for error in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with a 413, before they are buffered whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(self._too_large())(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> UpscaleError:
+        return file_too_large(
+            f"The request body is over the {self.max_bytes}-byte limit.", self.max_bytes, ("body",)
+        )
+
+
+def mount_fal_routes(
+    app: FastAPI, get_upscaler: Callable[[], Upscaler | None], max_body_bytes: int
+) -> None:
+    """Add fal's upscaler route and the output file route to ``app`` (KServe's app in serving)."""
+    app.add_exception_handler(UpscaleError, _upscale_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+
+    def ready_upscaler() -> Upscaler:
+        upscaler = get_upscaler()
+        if upscaler is None:
+            raise not_ready()
+        return upscaler
+
+    @app.post(
+        FAL_PATH,
+        response_model=UpscaleResponse,
+        tags=["fal"],
+        summary="Upscale an image (fal-compatible, synchronous)",
+        responses={
+            400: {"description": "image or LoRA could not be fetched or decoded"},
+            413: {"description": "input over the configured limits"},
+            429: {"description": "queue full; see Retry-After"},
+            504: {"description": "request timed out"},
+        },
+    )
+    async def upscale(body: UpscaleRequest, request: Request) -> UpscaleResponse:
+        return await ready_upscaler().upscale(body, str(request.base_url))
+
+    @app.get("/files/{file_name}", tags=["fal"], summary="Download an output image")
+    async def get_file(file_name: str) -> Response:
+        stored = ready_upscaler().store.get(file_name)
+        if stored is None:
+            return JSONResponse(
+                {"detail": f"File {file_name!r} does not exist or has expired."}, status_code=404
+            )
+        return Response(
+            stored.data,
+            media_type=stored.content_type,
+            headers={
+                "Cache-Control": "private, max-age=3600, immutable",
+                "Content-Disposition": f'inline; filename="{file_name}"',
+            },
+        )

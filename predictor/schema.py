@@ -1,0 +1,98 @@
+"""fal's request and response schema for ``fal-ai/chrono-edit-lora-gallery/upscaler``.
+
+One pydantic model each: FastAPI validates with them, the OpenAPI page shows them, the KServe v1
+route and the CLI build them too. Defaults and ranges are fal's (see docs/api.md).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+APP_ID = "fal-ai/chrono-edit-lora-gallery/upscaler"
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_EXTRA_LORAS = 3
+
+
+class OutputFormat(StrEnum):
+    jpeg = "jpeg"
+    png = "png"
+    webp = "webp"
+
+
+class LoraWeight(BaseModel):
+    """An extra LoRA applied for one request (fal's ``ChronoLoraWeight``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="Catalog name, hf://owner/repo/file.safetensors, or an allowed URL.",
+        ),
+    ]
+    scale: Annotated[float, Field(ge=0, le=4, description="Weight of this LoRA.")] = 1.0
+
+
+class UpscaleRequest(BaseModel):
+    """Input of the upscaler. Unknown fields are rejected so that a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The image to upscale: an http(s) URL or a data: URI (JPEG, PNG, WebP).",
+        ),
+    ]
+    upscale_factor: Annotated[
+        float, Field(ge=1, le=4, description="Target scale factor for the output resolution.")
+    ] = 2.0
+    guidance_scale: Annotated[
+        float, Field(ge=0, le=10, description="Guidance scale; ≤ 1 means no negative pass.")
+    ] = 1.0
+    enable_safety_checker: bool = True
+    num_inference_steps: Annotated[
+        int, Field(ge=2, le=50, description="Denoising steps for the upscaling pass.")
+    ] = 30
+    lora_scale: Annotated[float, Field(ge=0, le=2, description="Weight of the Upscaler LoRA.")] = (
+        1.0
+    )
+    seed: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=MAX_SEED,
+            strict=True,
+            description="Same seed and input give the same output; random when omitted.",
+        ),
+    ] = None
+    output_format: OutputFormat = OutputFormat.jpeg
+    sync_mode: Annotated[
+        bool,
+        Field(description="true: the image comes back as a data: URI; false: as a URL we serve."),
+    ] = False
+    loras: Annotated[
+        list[LoraWeight],
+        Field(max_length=MAX_EXTRA_LORAS, description="At most 3 extra LoRAs."),
+    ] = Field(default_factory=list)
+
+
+class ImageOut(BaseModel):
+    url: str
+    width: int
+    height: int
+    content_type: str
+    file_name: str
+    file_size: int
+
+
+class UpscaleResponse(BaseModel):
+    images: list[ImageOut]
+    prompt: str
+    seed: int
