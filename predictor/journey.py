@@ -59,6 +59,8 @@ def public_error(error: Any, loc_prefix: tuple[str | int, ...] = ()) -> dict[str
 
 
 def _short(value: Any, limit: int = 200) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + f"… ({len(value)} characters)"
     if isinstance(value, dict):

@@ -35,7 +35,11 @@ async def _validation_error_handler(_: Request, exc: Exception) -> Response:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with a 413, before they are buffered whole."""
+    """Refuse request bodies over ``max_bytes`` with a 413 before the app sees them.
+
+    A declared ``Content-Length`` is checked up front; a chunked body is read up to the limit and
+    then replayed to the app (which would buffer it whole anyway).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -49,18 +53,29 @@ class BodyLimitMiddleware:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await error_response(self._too_large())(scope, receive, send)
                 return
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        more_body = True
+        while more_body:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
+            if message["type"] != "http.request":  # client went away
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more_body = message.get("more_body", False)
+            if received > self.max_bytes:
+                await error_response(self._too_large())(scope, receive, send)
+                return
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     def _too_large(self) -> UpscaleError:
         return file_too_large(
