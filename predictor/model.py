@@ -21,11 +21,12 @@ log = logging.getLogger("predictor.model")
 
 
 def base_url_from_headers(headers: dict[str, str] | None) -> str:
-    """Best-effort absolute base URL of this server as the client reached it."""
+    """Absolute base URL of this server as the client reached it (its Host header).
+
+    Behind a TLS-terminating proxy set ``--public-url``: KServe hands this route the headers only.
+    """
     headers = {key.lower(): value for key, value in (headers or {}).items()}
-    scheme = headers.get("x-forwarded-proto", "http").split(",")[0].strip()
-    host = headers.get("x-forwarded-host") or headers.get("host") or "localhost"
-    return f"{scheme}://{host.split(',')[0].strip()}"
+    return f"http://{headers.get('host') or 'localhost'}"
 
 
 class UpscalerModel(Model):

@@ -1,0 +1,37 @@
+# One virtualenv for serving, tests and benchmarks. torch is installed first and pinned: the
+# pinned CPU wheel is what the project supports; an unpinned torch would pull GBs of CUDA.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8080
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## serve the fal API locally on the embedded sr engine
+	$(PY) -m predictor.example --out build/example --url http://$(HOST):$(PORT)
+	$(PY) -m predictor serve --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: $(STAMP)  ## lint, then the whole pytest suite
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## print per-stage timings, server overhead and sr quality (docs/benchmarks.md)
+	$(PY) -m predictor.bench
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,193 @@
+"""``make bench``: per-stage timings, encoder choices, server overhead and sr fidelity.
+
+Prints markdown tables (paste them into docs/benchmarks.md with the machine they ran on).
+Stages are timed with the same functions the server runs; the server overhead comes from the
+real KServe server in a subprocess, on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from predictor.codec import ENCODERS, decode_image, encode_image
+from predictor.config import FetchLimits
+from predictor.engines import load_engine
+from predictor.engines.base import EngineJob
+from predictor.fetch import fetch_image_bytes
+from predictor.quality import roundtrip_psnr
+from predictor.schema import APP_ID, OutputFormat
+
+PHOTOS = ("astronaut", "chelsea", "coffee")
+REPEATS = 5
+
+
+def photo(name: str) -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+
+
+def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def encoded_input(image: Image.Image, fmt: OutputFormat) -> bytes:
+    return encode_image(image, fmt).data
+
+
+def stage_table(engine, source: Image.Image) -> tuple[str, float, dict[str, float]]:
+    """Per-stage medians for ``source`` ×2 in each format; returns the table and engine ms."""
+    job = EngineJob(width=source.width * 2, height=source.height * 2, seed=0)
+    engine_ms = median_ms(lambda: engine.upscale(source, job), repeats=3)
+    output = engine.upscale(source, job)
+    rows = [
+        "| format | fetch (data: URI) | decode 512² | engine ×2 | encode 1024² | output bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    totals: dict[str, float] = {}
+    for fmt in OutputFormat:
+        data = encoded_input(source, fmt)
+        uri = "data:image/x;base64," + base64.b64encode(data).decode()
+        fetch_ms = median_ms(lambda uri=uri: asyncio.run(fetch_image_bytes(uri, FetchLimits())))
+        decode_ms = median_ms(lambda data=data: decode_image(data, 1 << 26))
+        encode_ms = median_ms(lambda fmt=fmt: encode_image(output, fmt))
+        size = len(encode_image(output, fmt).data)
+        totals[fmt.value] = fetch_ms + decode_ms + engine_ms + encode_ms
+        rows.append(
+            f"| {fmt.value} | {fetch_ms:.1f} ms | {decode_ms:.1f} ms | {engine_ms:.0f} ms "
+            f"| {encode_ms:.1f} ms | {size:,} |"
+        )
+    return "\n".join(rows), engine_ms, totals
+
+
+def encoder_table(image: Image.Image) -> str:
+    """Our encoder settings next to Pillow's defaults, on the same 1 MP upscaled photo."""
+    candidates = {
+        "jpeg": [("Pillow default (q75, 4:2:0)", {}), ("ours", ENCODERS[OutputFormat.jpeg][3])],
+        "png": [("Pillow default (level 6)", {}), ("ours", ENCODERS[OutputFormat.png][3])],
+        "webp": [("Pillow default (q80, method 4)", {}), ("ours", ENCODERS[OutputFormat.webp][3])],
+    }
+    rows = ["| format | settings | encode | bytes |", "|---|---|---|---|"]
+    for fmt, options in candidates.items():
+        pil_format = ENCODERS[OutputFormat(fmt)][0]
+        for label, kwargs in options:
+
+            def save(kwargs=kwargs, pil_format=pil_format) -> int:
+                buffer = io.BytesIO()
+                image.save(buffer, format=pil_format, **kwargs)
+                return buffer.tell()
+
+            ms = median_ms(save, repeats=3)
+            shown = label if label != "ours" else f"ours {kwargs}"
+            rows.append(f"| {fmt} | {shown} | {ms:.1f} ms | {save():,} |")
+    return "\n".join(rows)
+
+
+def server_overhead(source: Image.Image, in_process_ms: dict[str, float], engine_ms: float) -> str:
+    """HTTP round trip through the real server vs the same stages in process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "predictor", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/v1/models/chrono-upscaler", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        rows = [
+            "| format | HTTP round trip | same stages in process | overhead | overhead / engine |",
+            "|---|---|---|---|---|",
+        ]
+        with httpx.Client(timeout=120) as client:
+            for fmt in OutputFormat:
+                body = {
+                    "image_url": "data:image/png;base64,"
+                    + base64.b64encode(encoded_input(source, fmt)).decode(),
+                    "output_format": fmt.value,
+                }
+
+                def call(body=body) -> None:
+                    response = client.post(f"{url}/{APP_ID}", json=body)
+                    response.raise_for_status()
+                    client.get(response.json()["images"][0]["url"]).raise_for_status()
+
+                call()  # warm-up
+                http_ms = median_ms(call, repeats=3)
+                overhead = http_ms - in_process_ms[fmt.value]
+                rows.append(
+                    f"| {fmt.value} | {http_ms:.0f} ms | {in_process_ms[fmt.value]:.0f} ms "
+                    f"| {overhead:.0f} ms | {overhead / engine_ms:.1%} |"
+                )
+        return "\n".join(rows)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def fidelity_table(engine) -> str:
+    rows = ["| photo | size | sr ×2 PSNR | bicubic ×2 PSNR | gain |", "|---|---|---|---|---|"]
+    gains = []
+    for name in PHOTOS:
+        original = photo(name)
+        result = roundtrip_psnr(
+            original, lambda img, w, h: engine.upscale(img, EngineJob(width=w, height=h, seed=0))
+        )
+        gains.append(result.gain_db)
+        rows.append(
+            f"| {name} | {original.width}×{original.height} | {result.model_db:.2f} dB "
+            f"| {result.bicubic_db:.2f} dB | {result.gain_db:+.2f} dB |"
+        )
+    rows.append(f"| **mean** | | | | **{statistics.mean(gains):+.2f} dB** |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    print(f"# make bench — {time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
+        "threads)\n"
+    )
+    engine = load_engine("sr")
+    source = photo("astronaut").resize((512, 512), Image.LANCZOS)
+    print("## Stages: 512² photo ×2 (sr engine, waifu2x photo), medians\n")
+    table, engine_ms, totals = stage_table(engine, source)
+    print(table, "\n")
+    print("## Encoder settings on the 1024² result\n")
+    upscaled = engine.upscale(source, EngineJob(width=1024, height=1024, seed=0))
+    print(encoder_table(upscaled), "\n")
+    print("## Server overhead (real KServe server, loopback, sync_mode false + download)\n")
+    print(server_overhead(source, totals, engine_ms), "\n")
+    print("## sr fidelity: ×2 round trip on scikit-image photos\n")
+    print(fidelity_table(engine))
+
+
+if __name__ == "__main__":
+    main()
