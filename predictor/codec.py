@@ -84,11 +84,15 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of any Pillow mode: 16-bit greys scaled down, transparency flattened onto white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.uint32)
-        shift = 8 if array.max(initial=0) > 255 else 0
-        image = Image.fromarray((array >> shift).clip(0, 255).astype(np.uint8), "L")
+    """RGB view of any Pillow mode: 16-bit/float greys rescaled, transparency flattened on white."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = values.max(initial=0.0)
+        if image.mode == "F" and peak <= 1.0:
+            values = values * 255.0  # float images in [0, 1]
+        elif peak > 255.0:
+            values = values / 257.0  # 16-bit range onto 8 bits
+        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -130,7 +130,8 @@ def test_health_routes(server) -> None:
 
 def test_queue_full_and_health_while_busy(busy_server) -> None:
     """One job at a time and nobody waits: a second request gets 429 while health answers."""
-    slow_request = {"image_url": data_uri(encode(photo_crop(200, 200))), "upscale_factor": 4}
+    # 512² × 4 takes ~10 s on 2 cores, far past the 3 s request budget
+    slow_request = {"image_url": data_uri(encode(photo_crop(512, 512))), "upscale_factor": 4}
     results: list[httpx.Response] = []
     worker = threading.Thread(target=lambda: results.append(busy_server.post(slow_request)))
     worker.start()
@@ -149,7 +150,7 @@ def test_queue_full_and_health_while_busy(busy_server) -> None:
     finally:
         worker.join(timeout=60)
     (slow,) = results
-    assert slow.status_code == 504, slow.text  # 200² × 4 on 2 cores exceeds the 3 s budget
+    assert slow.status_code == 504, slow.text
     assert slow.json()["error_type"] == "request_timeout"
     assert slow.headers["x-fal-error-type"] == "request_timeout"
     busy_server.assert_alive()
