@@ -146,6 +146,12 @@ def not_ready(detail: str = "The model is not ready yet.") -> RequestFailed:
     return RequestFailed(503, "runner_scheduling_failure", detail, retry_after=5)
 
 
+def internal_error() -> RequestFailed:
+    return RequestFailed(
+        500, "internal_error", "The upscaler failed on this request; it has been logged."
+    )
+
+
 def timed_out(seconds: float) -> RequestFailed:
     return RequestFailed(
         504, "request_timeout", f"Request timed out after {seconds:g} s.", retryable=True

@@ -21,7 +21,12 @@ from pydantic import ValidationError
 from predictor.codec import Encoded, decode_image, encode_image
 from predictor.config import Settings
 from predictor.engines.base import Engine, EngineJob, LoraRequest, ProgressFn
-from predictor.errors import UpscaleError, ValidationFailed, feature_not_supported
+from predictor.errors import (
+    UpscaleError,
+    ValidationFailed,
+    feature_not_supported,
+    internal_error,
+)
 from predictor.fetch import fetch_image_bytes
 from predictor.plan import plan_output_size, resolve_seed
 from predictor.schema import ImageOut, UpscaleRequest, UpscaleResponse
@@ -199,6 +204,10 @@ class Upscaler:
         except UpscaleError as exc:
             outcome = exc.error_type
             raise
+        except Exception:
+            outcome = "internal_error"
+            log.exception("upscale request_id=%s failed unexpectedly", request_id)
+            raise internal_error() from None
         finally:
             timings["total"] = _lap(started)
             log.info(

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from predictor.errors import UpscaleError, file_too_large, not_ready
+from predictor.errors import UpscaleError, ValidationFailed, file_too_large, not_ready
 from predictor.journey import Upscaler, public_error
 from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
 
@@ -30,8 +30,7 @@ async def _upscale_error_handler(_: Request, exc: Exception) -> Response:
 
 async def _validation_error_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    detail = [public_error(error) for error in exc.errors()]
-    return JSONResponse({"detail": detail}, status_code=422)
+    return error_response(ValidationFailed([public_error(error) for error in exc.errors()]))
 
 
 class BodyLimitMiddleware:
@@ -123,7 +122,7 @@ def mount_fal_routes(
             stored.data,
             media_type=stored.content_type,
             headers={
-                "Cache-Control": "private, max-age=3600, immutable",
+                "Cache-Control": "private, immutable",
                 "Content-Disposition": f'inline; filename="{file_name}"',
             },
         )
