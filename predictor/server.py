@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from kserve import ModelServer
 from kserve.model_server import app as kserve_app
@@ -28,6 +29,8 @@ class BoundModelServer(ModelServer):
 
 
 def serve(settings: Settings) -> None:
+    # KServe's app defaults to ORJSONResponse, which FastAPI now flags on every first response
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     model = UpscalerModel(settings)
     model.load()
     mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)

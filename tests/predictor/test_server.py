@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import data_uri, encode, photo_crop
+from tests.conftest import data_uri, encode, photo_crop, start_server, stop_server
 
 FAL = "/fal-ai/chrono-edit-lora-gallery/upscaler"
 
@@ -168,3 +168,22 @@ def test_slow_download_gives_400_not_a_hang(busy_server, image_host) -> None:
     assert response.status_code == 400
     assert response.json()["detail"][0]["type"] == "file_download_error"
     busy_server.assert_alive()
+
+
+def test_sigterm_drains_the_request_in_flight(tmp_path) -> None:
+    """A rolling update sends SIGTERM: the request being upscaled still gets its answer."""
+    srv = start_server(tmp_path)
+    try:
+        results: list[httpx.Response] = []
+        # 512² × 2 keeps the engine busy for ~2.5 s on 2 cores; SIGTERM lands 1 s in
+        request = {"image_url": data_uri(encode(photo_crop(512, 512))), "upscale_factor": 2}
+        worker = threading.Thread(target=lambda: results.append(srv.post(request)))
+        worker.start()
+        threading.Event().wait(1.0)
+        srv.process.terminate()
+        worker.join(timeout=60)
+        assert results and results[0].status_code == 200, srv.log()[-2000:]
+        assert srv.process.wait(timeout=30) is not None
+        assert "outcome=ok" in srv.log()
+    finally:
+        stop_server(srv)
