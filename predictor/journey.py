@@ -12,7 +12,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -162,12 +162,8 @@ class Upscaler:
         self.store = store
         self.pool = WorkerPool(settings.max_inflight, settings.max_waiting)
 
-    async def upscale(
-        self,
-        request: UpscaleRequest,
-        base_url: str,
-        on_progress: Callable[[int, int, str], None] | None = None,
-    ) -> UpscaleResponse:
+    async def upscale(self, request: UpscaleRequest, base_url: str) -> UpscaleResponse:
+        """Run one request end to end; ``base_url`` is where ``/files/`` links point."""
         request_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         deadline = Deadline.after(self.settings.request_timeout_s)
@@ -178,16 +174,15 @@ class Upscaler:
             self.pool.check_room()
             seed = resolve_seed(request.seed)
             fetch_started = time.perf_counter()
-            data = await _before(
+            data = await _within(
                 deadline, fetch_image_bytes(request.image_url, self.settings.fetch)
             )
             timings["fetch"] = _lap(fetch_started)
 
             def job(token: CancelToken) -> Processed:
+                # the engine reports each tile/step; a cancelled job stops at the next one
                 def progress(done: int, total: int, unit: str) -> None:
                     token.check()
-                    if on_progress is not None:
-                        on_progress(done, total, unit)
 
                 return process_image(data, request, seed, self.engine, self.settings, progress)
 
@@ -203,6 +198,9 @@ class Upscaler:
             return UpscaleResponse(images=[image], prompt=self.engine.prompt, seed=seed)
         except UpscaleError as exc:
             outcome = exc.error_type
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
             raise
         except Exception:
             outcome = "internal_error"
@@ -225,7 +223,7 @@ class Upscaler:
         self.engine.close()
 
 
-async def _before(deadline: Deadline, awaitable: Awaitable[T]) -> T:
+async def _within(deadline: Deadline, awaitable: Awaitable[T]) -> T:
     try:
         return await asyncio.wait_for(awaitable, timeout=deadline.remaining())
     except TimeoutError:
