@@ -179,7 +179,16 @@ class Upscaler:
             )
             timings["fetch"] = _lap(fetch_started)
 
+            queued = time.perf_counter()
+
             def job(token: CancelToken) -> Processed:
+                timings["queue"] = _lap(queued)
+                log.info(
+                    "upscale request_id=%s admitted queue_ms=%.1f",
+                    request_id,
+                    timings["queue"] * 1000,
+                )
+
                 # the engine reports each tile/step; a cancelled job stops at the next one
                 def progress(done: int, total: int, unit: str) -> None:
                     token.check()

@@ -77,6 +77,16 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def admitted_count(self) -> int:
+        """Requests that have reached an engine worker so far (from the server's log)."""
+        return self.log().count(" admitted queue_ms=")
+
+    def wait_admitted(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.admitted_count() < count:
+            assert time.monotonic() < deadline, f"no request admitted:\n{self.log()[-2000:]}"
+            time.sleep(0.05)
+
 
 def start_server(tmp_dir: Path, *flags: str) -> ServerProcess:
     port = free_port()

@@ -133,15 +133,13 @@ def test_queue_full_and_health_while_busy(busy_server) -> None:
     # 512² × 4 takes ~10 s on 2 cores, far past the 3 s request budget
     slow_request = {"image_url": data_uri(encode(photo_crop(512, 512))), "upscale_factor": 4}
     results: list[httpx.Response] = []
+    before = busy_server.admitted_count()
     worker = threading.Thread(target=lambda: results.append(busy_server.post(slow_request)))
     worker.start()
     try:
-        busy = None
-        for _ in range(50):
-            busy = busy_server.post({"image_url": data_uri(encode(photo_crop(8, 8)))})
-            if busy.status_code == 429:
-                break
-        assert busy is not None and busy.status_code == 429, busy.text
+        busy_server.wait_admitted(before + 1)  # the slow job holds the only worker now
+        busy = busy_server.post({"image_url": data_uri(encode(photo_crop(8, 8)))})
+        assert busy.status_code == 429, busy.text
         assert busy.json()["error_type"] == "queue_full"
         assert int(busy.headers["retry-after"]) >= 1
         ready = httpx.get(f"{busy_server.url}/v1/models/chrono-upscaler", timeout=2)
@@ -175,11 +173,12 @@ def test_sigterm_drains_the_request_in_flight(tmp_path) -> None:
     srv = start_server(tmp_path)
     try:
         results: list[httpx.Response] = []
-        # 512² × 2 keeps the engine busy for ~2.5 s on 2 cores; SIGTERM lands 1 s in
+        # 512² × 2 keeps the engine busy for ~2.5 s on 2 cores; SIGTERM lands 0.5 s into it
         request = {"image_url": data_uri(encode(photo_crop(512, 512))), "upscale_factor": 2}
         worker = threading.Thread(target=lambda: results.append(srv.post(request)))
         worker.start()
-        threading.Event().wait(1.0)
+        srv.wait_admitted(1)
+        threading.Event().wait(0.5)
         srv.process.terminate()
         worker.join(timeout=60)
         assert results and results[0].status_code == 200, srv.log()[-2000:]
