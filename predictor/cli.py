@@ -11,6 +11,7 @@ from typing import Any
 from predictor.config import FetchLimits, MiB, Settings
 from predictor.engines import ENGINE_NAMES
 
+_DEFAULT_FETCH = FetchLimits()  # defaults live once, in predictor.config
 FORMAT_BY_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 
 
@@ -36,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chrono-upscaler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the fal-compatible API on KServe")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
-    serve.add_argument("--port", type=int, default=8080, help="HTTP port (KServe's is 8080)")
-    serve.add_argument("--model-name", default="chrono-upscaler", help="KServe model name")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the fal-compatible API on KServe",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default=Settings.host, help="address to bind (0.0.0.0 in a pod)")
+    serve.add_argument(
+        "--port", type=int, default=Settings.port, help="HTTP port (KServe's is 8080)"
+    )
+    serve.add_argument("--model-name", default=Settings.model_name, help="KServe model name")
     _add_engine_options(serve)
     limits = serve.add_argument_group("limits")
     limits.add_argument(
@@ -47,22 +54,45 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let image_url reach loopback/private addresses (tests, trusted networks only)",
     )
-    limits.add_argument("--max-download-mb", type=float, default=32, help="image_url size limit")
     limits.add_argument(
-        "--fetch-timeout", type=float, default=30, help="seconds to download image_url"
+        "--max-download-mb",
+        type=float,
+        default=_DEFAULT_FETCH.max_bytes / MiB,
+        help="image_url size limit",
+    )
+    limits.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=_DEFAULT_FETCH.total_timeout_s,
+        help="seconds to download image_url",
     )
     limits.add_argument("--max-input-pixels", type=int, default=Settings.max_input_pixels)
     limits.add_argument("--max-output-pixels", type=int, default=Settings.max_output_pixels)
-    limits.add_argument("--max-inflight", type=int, default=1, help="engine jobs run at once")
     limits.add_argument(
-        "--max-waiting", type=int, default=16, help="requests that may wait; then 429"
+        "--max-inflight", type=int, default=Settings.max_inflight, help="engine jobs run at once"
     )
     limits.add_argument(
-        "--request-timeout", type=float, default=300, help="seconds per request; then 504"
+        "--max-waiting",
+        type=int,
+        default=Settings.max_waiting,
+        help="requests that may wait; then 429",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=Settings.request_timeout_s,
+        help="seconds per request; then 504",
     )
     outputs = serve.add_argument_group("outputs")
-    outputs.add_argument("--output-ttl", type=float, default=3600, help="seconds outputs are kept")
-    outputs.add_argument("--output-store-mb", type=float, default=1024, help="output store size")
+    outputs.add_argument(
+        "--output-ttl", type=float, default=Settings.output_ttl_s, help="seconds outputs are kept"
+    )
+    outputs.add_argument(
+        "--output-store-mb",
+        type=float,
+        default=Settings.output_store_bytes / MiB,
+        help="output store size",
+    )
     outputs.add_argument("--public-url", default=None, help="base URL for output links")
 
     upscale = commands.add_parser("upscale", help="upscale one image file in this process")

@@ -33,7 +33,7 @@ class Encoded:
 #: format → (Pillow format, content type, extension, save options). Measured choices:
 #: JPEG q95 with 4:4:4 chroma keeps upscaled detail and costs a few ms per MP; PNG level 1 is ~5×
 #: faster than the default level 6 for ~13% more bytes; WebP method 2 at q90 (the default method 4
-#: is ~3× slower).
+#: is ~2× slower).
 ENCODERS: dict[OutputFormat, tuple[str, str, str, dict]] = {
     OutputFormat.jpeg: ("JPEG", "image/jpeg", "jpg", {"quality": 95, "subsampling": 0}),
     OutputFormat.png: ("PNG", "image/png", "png", {"compress_level": 1}),
