@@ -93,6 +93,7 @@ def build_job(request: UpscaleRequest, seed: int, width: int, height: int) -> En
         num_inference_steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale,
         lora_scale=request.lora_scale,
+        enable_safety_checker=request.enable_safety_checker,
         loras=tuple(LoraRequest(lora.path, lora.scale) for lora in request.loras),
     )
 

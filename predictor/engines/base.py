@@ -34,6 +34,8 @@ class EngineJob:
     num_inference_steps: int = 30
     guidance_scale: float = 1.0
     lora_scale: float = 1.0
+    #: engines with a safety checker run it when this is true (the request's field)
+    enable_safety_checker: bool = True
     loras: tuple[LoraRequest, ...] = field(default_factory=tuple)
 
 
@@ -54,6 +56,10 @@ class Engine(ABC):
         self, image: Image.Image, job: EngineJob, progress: ProgressFn | None = None
     ) -> Image.Image:
         """Return ``image`` (RGB) upscaled to exactly ``job.width`` × ``job.height``."""
+
+    def metadata(self) -> dict[str, object]:
+        """What the engine is and can do, shown in the model's metadata (override to add)."""
+        return {"engine": self.name, "supports_loras": self.supports_loras}
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
         """Release resources held by the engine (GPU memory, threads)."""
