@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -105,9 +105,13 @@ def encoder_table(image: Image.Image) -> str:
 
 
 def _last_stage_log(log_path: Path) -> dict[str, float]:
-    """Stage timings the server logged for its most recent request (``<stage>_ms=<value>``)."""
-    lines = [line for line in log_path.read_text().splitlines() if "upscale request_id=" in line]
-    return {stage: float(ms) for stage, ms in re.findall(r"(\w+)_ms=([\d.]+)", lines[-1])}
+    """Stage timings (ms) of the most recent request, from the server's JSON request lines."""
+    lines = [line for line in log_path.read_text().splitlines() if '"event":"request"' in line]
+    return json.loads(lines[-1])["timings_ms"]
+
+
+#: the journey's own stages; the rest of the wall time is HTTP, KServe, JSON and the download
+JOURNEY_STAGES = ("fetch", "queue", "decode", "inference", "encode")
 
 
 def server_overhead(source: Image.Image, repeats: int = 5) -> str:
@@ -158,7 +162,7 @@ def server_overhead(source: Image.Image, repeats: int = 5) -> str:
                     stages = _last_stage_log(log_path)
                     if attempt:  # the first is a warm-up
                         walls.append(wall)
-                        journeys.append(stages["total"])
+                        journeys.append(sum(stages[s] for s in JOURNEY_STAGES))
                         engines.append(stages["inference"])
                 overheads = [w - j for w, j in zip(walls, journeys, strict=True)]
                 overhead, engine = statistics.median(overheads), statistics.median(engines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="output store size",
     )
     outputs.add_argument("--public-url", default=None, help="base URL for output links")
+    outputs.add_argument(
+        "--default-num-inference-steps",
+        type=int,
+        default=None,
+        help="num_inference_steps for requests that leave it out (fal's default: 30)",
+    )
+    outputs.add_argument(
+        "--default-output-format",
+        choices=("jpeg", "png", "webp"),
+        default=None,
+        help="output_format for requests that leave it out (fal's default: jpeg)",
+    )
+    observe = serve.add_argument_group("metrics")
+    observe.add_argument(
+        "--gpu-hourly-usd",
+        type=float,
+        default=float(os.environ.get("UPSCALER_GPU_HOURLY_USD", Settings.gpu_hourly_usd)),
+        help="hourly price of the engine's device, for upscaler_cost_usd_total "
+        "(env UPSCALER_GPU_HOURLY_USD)",
+    )
 
     upscale = commands.add_parser("upscale", help="upscale one image file in this process")
     upscale.add_argument("input", type=Path)
@@ -130,7 +151,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         output_ttl_s=args.output_ttl,
         output_store_bytes=int(args.output_store_mb * MiB),
         public_url=args.public_url,
+        gpu_hourly_usd=_non_negative(args.gpu_hourly_usd, "--gpu-hourly-usd"),
+        request_defaults=_request_defaults(args),
     )
+
+
+def _non_negative(value: float, flag: str) -> float:
+    if value < 0:
+        raise SystemExit(f"chrono-upscaler serve: error: {flag} must be ≥ 0, got {value:g}")
+    return value
+
+
+def _request_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--default-*`` flags, checked against the request schema's own ranges."""
+    from pydantic import ValidationError
+
+    from predictor.schema import UpscaleRequest
+
+    defaults = {
+        "num_inference_steps": args.default_num_inference_steps,
+        "output_format": args.default_output_format,
+    }
+    defaults = {name: value for name, value in defaults.items() if value is not None}
+    try:
+        checked = UpscaleRequest.model_validate({"image_url": "data:,", **defaults})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--default-" + str(error["loc"][0]).replace("_", "-")
+        raise SystemExit(f"chrono-upscaler serve: error: {flag}: {error['msg']}") from None
+    return {name: getattr(checked, name) for name in defaults}  # typed as the schema types them
 
 
 def run_upscale(args: argparse.Namespace) -> int:

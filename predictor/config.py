@@ -43,6 +43,10 @@ class Settings:
     output_store_bytes: int = 1024 * MiB
     #: absolute base for output URLs (e.g. the public ingress); default: the request's own base URL
     public_url: str | None = None
+    #: hourly price of the engine's device (GPU node share), for upscaler_cost_usd_total
+    gpu_hourly_usd: float = 0.0
+    #: the deployment's defaults for request fields a request leaves out (field name → value)
+    request_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_body_bytes(self) -> int:

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from predictor import metrics
 from predictor.codec import Encoded, decode_image, encode_image
 from predictor.config import Settings
-from predictor.engines.base import Engine, EngineJob, LoraRequest, ProgressFn
+from predictor.engines.base import SAFETY_FLAGGED_KEY, Engine, EngineJob, LoraRequest, ProgressFn
 from predictor.errors import (
     UpscaleError,
     ValidationFailed,
@@ -31,6 +32,7 @@ from predictor.fetch import fetch_image_bytes
 from predictor.plan import plan_output_size, resolve_seed
 from predictor.schema import ImageOut, UpscaleRequest, UpscaleResponse
 from predictor.store import OutputStore
+from predictor.telemetry import RequestRecord, Telemetry, current_record
 from predictor.workers import CancelToken, Deadline, WorkerPool
 
 log = logging.getLogger("predictor.journey")
@@ -105,6 +107,8 @@ class Processed:
     encoded: Encoded
     input_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
+    #: the engine's safety checker replaced the output (see ``SAFETY_FLAGGED_KEY``)
+    safety_flagged: bool = False
 
 
 def process_image(
@@ -114,9 +118,13 @@ def process_image(
     engine: Engine,
     settings: Settings,
     progress: ProgressFn | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Processed:
-    """The CPU/GPU-bound middle of the journey (decode → plan → engine → encode), run off-loop."""
-    timings: dict[str, float] = {}
+    """The CPU/GPU-bound middle of the journey (decode → plan → engine → encode), run off-loop.
+
+    Stage times go into ``timings`` as each stage ends, so a failed job still reports its own.
+    """
+    timings = {} if timings is None else timings
     started = time.perf_counter()
     image = decode_image(data, settings.max_input_pixels)
     timings["decode"] = _lap(started)
@@ -128,12 +136,15 @@ def process_image(
         settings.max_output_pixels,
     )
     started = time.perf_counter()
-    result = engine.upscale(image, build_job(request, seed, width, height), progress)
-    timings["inference"] = _lap(started)
+    try:
+        result = engine.upscale(image, build_job(request, seed, width, height), progress)
+    finally:
+        timings["inference"] = _lap(started)
     started = time.perf_counter()
     encoded = encode_image(result, request.output_format)
     timings["encode"] = _lap(started)
-    return Processed(encoded, image.size, timings)
+    flagged = bool(result.info.get(SAFETY_FLAGGED_KEY))
+    return Processed(encoded, image.size, timings, flagged)
 
 
 def deliver(encoded: Encoded, sync_mode: bool, store: OutputStore, base_url: str) -> ImageOut:
@@ -155,82 +166,115 @@ def deliver(encoded: Encoded, sync_mode: bool, store: OutputStore, base_url: str
 
 
 class Upscaler:
-    """The service: one engine, its limits, a worker pool and an output store."""
+    """The service: one engine, its limits, a worker pool, an output store and telemetry."""
 
     def __init__(self, engine: Engine, settings: Settings, store: OutputStore) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
         self.pool = WorkerPool(settings.max_inflight, settings.max_waiting)
+        self.telemetry = Telemetry(engine.name, settings.gpu_hourly_usd)
+        metrics.watch_pool(lambda: self.pool.waiting, lambda: self.pool.inflight)
 
     async def upscale(self, request: UpscaleRequest, base_url: str) -> UpscaleResponse:
-        """Run one request end to end; ``base_url`` is where ``/files/`` links point."""
-        request_id = uuid.uuid4().hex[:12]
-        started = time.perf_counter()
-        deadline = Deadline.after(self.settings.request_timeout_s)
-        outcome = "error"
-        timings: dict[str, float] = {}
+        """Run one request end to end; ``base_url`` is where ``/files/`` links point.
+
+        The HTTP edge opens the request's record (:func:`current_record`); called without one
+        (in process, or later from a queue), the journey opens and finishes its own.
+        """
+        record = current_record()
+        owned = record is None
+        if record is None:
+            record = RequestRecord(route="in-process")
+        status, error_type = 200, None
         try:
-            check_supported(request, self.engine)
-            self.pool.check_room()
-            seed = resolve_seed(request.seed)
-            fetch_started = time.perf_counter()
+            return await self._upscale(request, base_url, record)
+        except UpscaleError as exc:
+            status, error_type = exc.status_code, exc.error_type
+            raise
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception:
+            status, error_type = 500, "internal_error"
+            log.exception("upscale request_id=%s failed unexpectedly", record.request_id)
+            raise internal_error() from None
+        finally:
+            if owned:
+                self.telemetry.finish(record, status, error_type)
+
+    async def _upscale(
+        self, request: UpscaleRequest, base_url: str, record: RequestRecord
+    ) -> UpscaleResponse:
+        request = apply_defaults(request, self.settings)
+        deadline = Deadline.after(self.settings.request_timeout_s)
+        record.details.update(
+            factor=request.upscale_factor,
+            format=request.output_format.value,
+            steps=request.num_inference_steps,
+            loras=len(request.loras),
+        )
+        check_supported(request, self.engine)
+        self.pool.check_room()
+        seed = resolve_seed(request.seed)
+        record.details["seed"] = seed
+        fetch_started = time.perf_counter()
+        try:
             data = await _within(
                 deadline, fetch_image_bytes(request.image_url, self.settings.fetch)
             )
-            timings["fetch"] = _lap(fetch_started)
-
-            queued = time.perf_counter()
-
-            def job(token: CancelToken) -> Processed:
-                timings["queue"] = _lap(queued)
-                log.info(
-                    "upscale request_id=%s admitted queue_ms=%.1f",
-                    request_id,
-                    timings["queue"] * 1000,
-                )
-
-                # the engine reports each tile/step; a cancelled job stops at the next one
-                def progress(done: int, total: int, unit: str) -> None:
-                    token.check()
-
-                return process_image(data, request, seed, self.engine, self.settings, progress)
-
-            processed = await self.pool.run(job, deadline)
-            timings.update(processed.timings)
-            image = deliver(
-                processed.encoded,
-                request.sync_mode,
-                self.store,
-                self.settings.public_url or base_url,
-            )
-            outcome = "ok"
-            return UpscaleResponse(images=[image], prompt=self.engine.prompt, seed=seed)
-        except UpscaleError as exc:
-            outcome = exc.error_type
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except Exception:
-            outcome = "internal_error"
-            log.exception("upscale request_id=%s failed unexpectedly", request_id)
-            raise internal_error() from None
         finally:
-            timings["total"] = _lap(started)
+            record.add_time("fetch", _lap(fetch_started))
+        queued = time.perf_counter()
+
+        def job(token: CancelToken) -> Processed:
+            record.add_time("queue", _lap(queued))
             log.info(
-                "upscale request_id=%s engine=%s outcome=%s factor=%g format=%s %s",
-                request_id,
-                self.engine.name,
-                outcome,
-                request.upscale_factor,
-                request.output_format.value,
-                " ".join(f"{stage}_ms={seconds * 1000:.1f}" for stage, seconds in timings.items()),
+                "upscale request_id=%s admitted queue_ms=%.1f",
+                record.request_id,
+                record.timings["queue"] * 1000,
             )
+
+            # the engine reports each tile/step; a cancelled job stops at the next one
+            def progress(done: int, total: int, unit: str) -> None:
+                token.check()
+
+            timings: dict[str, float] = {}
+            try:
+                return process_image(
+                    data, request, seed, self.engine, self.settings, progress, timings
+                )
+            finally:
+                record.add_device_time(timings.get("inference", 0.0), self.telemetry)
+                for stage, seconds in timings.items():
+                    record.add_time(stage, seconds)
+
+        processed = await self.pool.run(job, deadline)
+        record.details["input"] = list(processed.input_size)
+        image = deliver(
+            processed.encoded,
+            request.sync_mode,
+            self.store,
+            self.settings.public_url or base_url,
+        )
+        record.add_image(image.width, image.height, image.file_size or 0, processed.safety_flagged)
+        return UpscaleResponse(images=[image], prompt=self.engine.prompt, seed=seed)
 
     def close(self) -> None:
         self.pool.shutdown()
         self.engine.close()
+
+
+def apply_defaults(request: UpscaleRequest, settings: Settings) -> UpscaleRequest:
+    """The deployment's defaults (``--default-*``) for the fields a request left out.
+
+    ``settings.request_defaults`` holds values already validated and typed by the schema.
+    """
+    update: dict[str, Any] = {}
+    for name, value in settings.request_defaults.items():
+        if name not in request.model_fields_set and value is not None:
+            update[name] = value
+    return request.model_copy(update=update) if update else request
 
 
 async def _within(deadline: Deadline, awaitable: Awaitable[T]) -> T:

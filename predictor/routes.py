@@ -5,6 +5,7 @@ Protocol translation happens here once; the journey below sees only validated re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -15,8 +16,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from predictor.errors import UpscaleError, ValidationFailed, file_too_large, not_ready
 from predictor.journey import Upscaler, public_error
 from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
+from predictor.telemetry import TelemetryMiddleware
 
 FAL_PATH = f"/{APP_ID}"
+_V1_PREDICT = re.compile(r"^/v1/models/[^/]+:predict$")
+
+
+def is_upscale_route(method: str, path: str) -> bool:
+    """The routes whose requests are upscaling requests (counted, timed, given an id)."""
+    return method == "POST" and (path == FAL_PATH or _V1_PREDICT.match(path) is not None)
 
 
 def error_response(exc: UpscaleError) -> JSONResponse:
@@ -89,6 +97,12 @@ def mount_fal_routes(
     app.add_exception_handler(UpscaleError, _upscale_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    # added last, so it is the outermost: it sees the body limit's 413s and FastAPI's 422s too
+    app.add_middleware(
+        TelemetryMiddleware,
+        telemetry=lambda: upscaler.telemetry if (upscaler := get_upscaler()) else None,
+        tracked=is_upscale_route,
+    )
 
     def ready_upscaler() -> Upscaler:
         upscaler = get_upscaler()

@@ -11,6 +11,7 @@ from kserve.model_server import app as kserve_app
 from predictor.config import Settings
 from predictor.model import UpscalerModel
 from predictor.routes import mount_fal_routes
+from predictor.telemetry import configure_request_log
 
 log = logging.getLogger("predictor.server")
 
@@ -31,6 +32,7 @@ class BoundModelServer(ModelServer):
 def serve(settings: Settings) -> None:
     # KServe's app defaults to ORJSONResponse, which FastAPI now flags on every first response
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    configure_request_log()
     model = UpscalerModel(settings)
     model.load()
     mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)

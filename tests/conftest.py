@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -76,6 +77,14 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def request_lines(self) -> list[dict]:
+        """The server's per-request JSON log lines, oldest first."""
+        return [
+            json.loads(line)
+            for line in self.log().splitlines()
+            if line.startswith("{") and '"event":"request"' in line
+        ]
 
     def admitted_count(self) -> int:
         """Requests that have reached an engine worker so far (from the server's log)."""

@@ -14,6 +14,8 @@ from PIL import Image
 
 #: ``progress(done, total, unit)``: ``unit`` is "tile" for the sr engine, "step" for diffusion.
 ProgressFn = Callable[[int, int, str], None]
+#: an engine whose safety checker replaced its output sets ``image.info[SAFETY_FLAGGED_KEY]``
+SAFETY_FLAGGED_KEY = "upscaler.safety_flagged"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""Prometheus metrics of the predictor (DESIGN §7), served by KServe's own ``/metrics``.
+
+The metric objects live in prometheus_client's default registry, which KServe's ``/metrics``
+route exposes. The pure parts (outcome classes, fal's list price) are functions so they are
+tested without a server; :mod:`predictor.telemetry` records one finished request at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+#: stages a request's time is split into; ``total`` is the whole HTTP request (or queue job)
+STAGES = ("fetch", "decode", "inference", "encode", "total")
+#: the fixed outcome set; every request lands in exactly one
+OUTCOMES = ("ok", "client_error", "server_error", "rejected", "timeout", "cancelled")
+
+#: fal's list price for this endpoint, in cents per image: up to the 480p tier, and above it.
+#: The tier is defined by output pixels: 854×480 (480p at 16:9) = 409,920 pixels or fewer.
+LIST_PRICE_TIER_PIXELS = 854 * 480
+LIST_PRICE_CENTS_SMALL = 2
+LIST_PRICE_CENTS_LARGE = 3
+
+#: seconds; codecs and fetches take milliseconds, a GPU denoise tens of seconds, a 4× tiled
+#: render minutes: one bucket set that resolves all of them
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0,
+    90.0, 120.0, 180.0, 300.0, 600.0,
+)  # fmt: skip
+
+
+def outcome_for_status(status: int) -> str:
+    """The outcome class of an HTTP status code (2xx ok; 429/503 shed; 504 timed out)."""
+    if status < 400:
+        return "ok"
+    if status in (429, 503):
+        return "rejected"
+    if status == 504:
+        return "timeout"
+    if status == 499:  # the client went away (nginx's convention)
+        return "cancelled"
+    return "client_error" if status < 500 else "server_error"
+
+
+def list_price_cents(width: int, height: int) -> int:
+    """What fal charges for one output image of ``width``×``height``."""
+    if width * height <= LIST_PRICE_TIER_PIXELS:
+        return LIST_PRICE_CENTS_SMALL
+    return LIST_PRICE_CENTS_LARGE
+
+
+def device_cost_usd(device_seconds: float, hourly_usd: float) -> float:
+    return device_seconds * hourly_usd / 3600.0
+
+
+REQUEST_DURATION = Histogram(
+    "upscaler_request_duration_seconds",
+    "Time spent per request stage (total: the whole request), by outcome.",
+    ("stage", "engine", "outcome"),
+    buckets=DURATION_BUCKETS,
+)
+REQUESTS = Counter(
+    "upscaler_requests",
+    "Requests answered, by outcome; each request is counted once.",
+    ("engine", "outcome"),
+)
+QUEUE_DEPTH = Gauge("upscaler_queue_depth", "Requests waiting for an engine worker.")
+INFLIGHT = Gauge("upscaler_inflight_requests", "Requests running on an engine worker now.")
+OUTPUT_MEGAPIXELS = Counter(
+    "upscaler_output_megapixels", "Output megapixels delivered.", ("engine",)
+)
+DEVICE_SECONDS = Counter(
+    "upscaler_gpu_seconds",
+    "Seconds the engine's device (GPU; the CPU for CPU engines) spent on requests.",
+    ("engine",),
+)
+COST_USD = Counter(
+    "upscaler_cost_usd",
+    "Device seconds times the deployment's hourly price (--gpu-hourly-usd) / 3600.",
+    ("engine",),
+)
+SAFETY_FLAGGED = Counter(
+    "upscaler_safety_flagged",
+    "Outputs the safety checker flagged and replaced with a black image.",
+    ("engine",),
+)
+
+
+class ListPriceCollector(Collector):
+    """``upscaler_list_price_usd_total``: counted in whole cents so that sums stay exact."""
+
+    def __init__(self) -> None:
+        self._cents: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, engine: str, cents: int) -> None:
+        with self._lock:
+            self._cents[engine] = self._cents.get(engine, 0) + cents
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "upscaler_list_price_usd",
+            "What fal's list price would have charged for the images delivered.",
+            labels=("engine",),
+        )
+        with self._lock:
+            for engine, cents in sorted(self._cents.items()):
+                family.add_metric((engine,), cents / 100)
+        yield family
+
+
+LIST_PRICE = ListPriceCollector()
+REGISTRY.register(LIST_PRICE)
+
+
+def start_series(engine: str) -> None:
+    """Create every series of ``engine`` at zero, so rates work from the first scrape."""
+    for outcome in OUTCOMES:
+        REQUESTS.labels(engine, outcome)
+    for counter in (OUTPUT_MEGAPIXELS, DEVICE_SECONDS, COST_USD, SAFETY_FLAGGED):
+        counter.labels(engine)
+    LIST_PRICE.add(engine, 0)
+
+
+def watch_pool(waiting: Callable[[], float], inflight: Callable[[], float]) -> None:
+    """Read the queue gauges from the live worker pool at scrape time."""
+    QUEUE_DEPTH.set_function(waiting)
+    INFLIGHT.set_function(inflight)
