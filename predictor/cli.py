@@ -27,10 +27,70 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--tile-size", type=int, default=None, help="sr engine: input tile side")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_chronoedit_options(parser)
+
+
+def _add_chronoedit_options(parser: argparse.ArgumentParser) -> None:
+    from predictor.engines.blend import DEFAULT_MAX_PASS_AREA
+
+    group = parser.add_argument_group("chronoedit engine (docs/chronoedit.md)")
+    group.add_argument(
+        "--model-dir",
+        default=None,
+        help="ChronoEdit-14B-Diffusers weights: a directory or a repo id in the local Hugging "
+        "Face cache (default /mnt/models, where KServe puts storageUri)",
+    )
+    group.add_argument(
+        "--upscaler-lora",
+        default=None,
+        help="upsample_lora_diffusers.safetensors, or a directory/cached repo holding it "
+        "(default: found next to --model-dir or in the HF cache)",
+    )
+    group.add_argument(
+        "--distill-lora",
+        default=None,
+        help="fuse NVIDIA's 8-step distillation LoRA (then flow_shift 2 instead of 5)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        default="auto",
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
+    group.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    group.add_argument(
+        "--max-pass-area",
+        type=int,
+        default=DEFAULT_MAX_PASS_AREA,
+        help="output pixels per diffusion pass; larger outputs are rendered as blended tiles",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer (static shapes) and warm it up at load",
+    )
+    group.add_argument(
+        "--safety-checker-dir",
+        default=None,
+        help="StableDiffusionSafetyChecker + CLIPImageProcessor directory (default: no checker)",
+    )
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"model": args.sr_model, "tile_size": args.tile_size, "threads": args.threads}
+    if args.engine == "chronoedit":
+        options = {
+            "model_dir": args.model_dir,
+            "upscaler_lora": args.upscaler_lora,
+            "distill_lora": args.distill_lora,
+            "dtype": args.dtype,
+            "device": args.device,
+            "max_pass_area": args.max_pass_area,
+            "compile": args.compile or None,
+            "safety_checker_dir": args.safety_checker_dir,
+            "threads": args.threads,
+        }
+    else:
+        options = {"model": args.sr_model, "tile_size": args.tile_size, "threads": args.threads}
     return {key: value for key, value in options.items() if value is not None}
 
 
@@ -128,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upscale.add_argument("--seed", type=int, default=None)
     _add_engine_options(upscale)
+
+    tiny = commands.add_parser(
+        "make-tiny-model",
+        help="write a tiny random ChronoEdit model (real classes) for tests and GPU-less trials",
+    )
+    tiny.add_argument("directory", type=Path, help="where to write it (a --model-dir)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--with-safety-checker",
+        action="store_true",
+        help="also write a tiny random safety checker into DIR/safety_checker",
+    )
+    tiny.add_argument(
+        "--flag-everything",
+        action="store_true",
+        help="make that safety checker flag every image (tests of the flagged path)",
+    )
     return parser
 
 
@@ -233,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(settings_from_args(args))
         return 0
+    if args.command == "make-tiny-model":
+        from predictor.tiny_model import run
+
+        return run(args)
     return run_upscale(args)
 
 

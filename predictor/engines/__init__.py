@@ -17,8 +17,15 @@ def _sr(**options: Any) -> Engine:
     return SREngine(**options)
 
 
+def _chronoedit(**options: Any) -> Engine:
+    from .chronoedit import ChronoEditEngine
+
+    return ChronoEditEngine(**options)
+
+
 _FACTORIES: dict[str, Callable[..., Engine]] = {
     "sr": _sr,
+    "chronoedit": _chronoedit,
 }
 
 #: names accepted by :func:`load_engine` (and the CLI's ``--engine``)

@@ -1,0 +1,285 @@
+"""The ``chronoedit`` engine: NVIDIA's ChronoEdit-14B with its Upscaler LoRA (the product).
+
+ChronoEdit edits an image by generating a short video from it; for upscaling, the input is
+first resized to the output size (Lanczos) and the pipeline renders 5 frames (2 latent frames)
+whose last frame is the result. The prompt is NVIDIA's fixed trigger text, encoded once at
+load. Outputs above ``max_pass_area`` pixels are rendered as overlapping tiles blended over
+their overlaps (:mod:`.blend`). See docs/chronoedit.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from predictor.codec import to_rgb
+
+from . import chronoedit_model as model
+from .base import SAFETY_FLAGGED_KEY, Engine, EngineJob, ProgressFn
+from .blend import (
+    DEFAULT_MAX_PASS_AREA,
+    PassTile,
+    blend_tiles,
+    default_overlap,
+    plan_pass_tiles,
+    tile_shapes,
+)
+from .safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
+
+log = logging.getLogger("predictor.engines.chronoedit")
+
+#: the default model location inside a KServe predictor pod (its storage initializer's target)
+DEFAULT_MODEL_DIR = "/mnt/models"
+#: how the input is brought to the output size before diffusion refines it
+GUIDE_FILTER = Image.Resampling.LANCZOS
+WARMUP_STEPS = 2
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return (np.clip(pixels, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+class ChronoEditEngine(Engine):
+    """ChronoEdit + Upscaler LoRA via diffusers' ``ChronoEditPipeline``."""
+
+    name = "chronoedit"
+    prompt = model.UPSCALER_PROMPT
+    size_multiple = 16
+    supports_loras = False  # request LoRAs come with hot-swapping (DESIGN §5)
+
+    def __init__(
+        self,
+        model_dir: str | Path = DEFAULT_MODEL_DIR,
+        upscaler_lora: str | Path | None = None,
+        distill_lora: str | Path | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_pass_area: int = DEFAULT_MAX_PASS_AREA,
+        compile: bool = False,
+        safety_checker_dir: str | Path | None = None,
+        safety_checker: SafetyChecker | None = None,
+        tile_overlap: int | None = None,
+        flow_shift: float | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """Load everything once; a missing file fails here, at start-up, never per request.
+
+        ``distill_lora`` fuses NVIDIA's 8-step LoRA (and defaults ``flow_shift`` to 2, else 5).
+        ``safety_checker`` (an object) overrides ``safety_checker_dir`` (a directory for
+        :class:`DiffusersSafetyChecker`). ``tile_overlap`` is in output pixels (default: a
+        quarter of a tile side, at most 128).
+        """
+        started = time.perf_counter()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = model.resolve_device(device)
+        self.dtype = model.resolve_dtype(dtype, self.device)
+        if max_pass_area < 32 * 32:
+            raise ValueError(f"max_pass_area must be at least 1024 pixels, got {max_pass_area}")
+        self.max_pass_area = max_pass_area
+        self.tile_overlap = default_overlap(max_pass_area) if tile_overlap is None else tile_overlap
+        self.model_dir = model.resolve_local_dir(model_dir)
+        self.upscaler_lora = model.find_upscaler_lora(self.model_dir, upscaler_lora)
+        self.distill_lora = Path(distill_lora) if distill_lora is not None else None
+        if self.distill_lora is not None and not self.distill_lora.is_file():
+            raise FileNotFoundError(f"distillation LoRA {str(distill_lora)!r} does not exist")
+        if flow_shift is None:
+            flow_shift = model.DISTILL_FLOW_SHIFT if self.distill_lora else model.FLOW_SHIFT
+        self.flow_shift = flow_shift
+
+        self.pipe = model.load_pipeline(self.model_dir, self.dtype, flow_shift)
+        self.embeddings = model.encode_prompt_once(self.pipe, self.device)
+        if self.distill_lora is not None:
+            model.fuse_distill_lora(self.pipe, self.distill_lora)
+        self.pipe.to(self.device)
+        self.lora = model.load_upscaler_lora(self.pipe, self.upscaler_lora)
+        #: the pipeline's scheduler and the adapter scale are shared state: one pass at a time
+        self._lock = threading.Lock()
+
+        if safety_checker is None and safety_checker_dir is not None:
+            safety_checker = DiffusersSafetyChecker(safety_checker_dir, self.device)
+        self.safety_checker = safety_checker
+        #: images withheld (replaced by black) since start-up; exported as a metric
+        self.safety_flagged = 0
+        if safety_checker is None:
+            log.warning(
+                "chronoedit safety_checker=none: requests with enable_safety_checker=true are "
+                "NOT checked; pass --safety-checker-dir to enable it"
+            )
+
+        self.compiled = compile
+        if compile:
+            model.compile_transformer(self.pipe.transformer)
+            self.warm_up()
+        log.info(
+            "chronoedit loaded model_dir=%s upscaler_lora=%s distill_lora=%s device=%s dtype=%s "
+            "flow_shift=%g max_pass_area=%d compiled=%s safety_checker=%s load_s=%.1f",
+            self.model_dir,
+            self.upscaler_lora,
+            self.distill_lora,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            flow_shift,
+            max_pass_area,
+            compile,
+            self.safety_checker.source if self.safety_checker else None,
+            time.perf_counter() - started,
+        )
+
+    @property
+    def warmup_bucket(self) -> tuple[int, int]:
+        """(width, height) compiled at load: the landscape tile every large output is cut into."""
+        return tile_shapes(self.max_pass_area, self.size_multiple)[0]
+
+    def warm_up(self) -> None:
+        """Compile the default shape bucket now, so the first request does not pay for it."""
+        width, height = self.warmup_bucket
+        started = time.perf_counter()
+        job = EngineJob(width=width, height=height, seed=0, num_inference_steps=WARMUP_STEPS)
+        with self._lock:
+            self._render(Image.new("RGB", (width, height), (128, 128, 128)), job, None)
+        log.info(
+            "chronoedit warm-up bucket=%dx%d seconds=%.1f",
+            width,
+            height,
+            time.perf_counter() - started,
+        )
+
+    def _render(
+        self,
+        guide: Image.Image,
+        job: EngineJob,
+        generator: torch.Generator | None,
+        on_step: ProgressFn | None = None,
+        step_offset: int = 0,
+        total_steps: int = 0,
+    ) -> np.ndarray:
+        """One diffusion pass over ``guide`` (already at the pass's size): (h, w, 3) floats."""
+
+        def step_end(_pipe, step: int, _timestep, _tensors) -> dict:
+            # an exception raised here (a cancelled job) propagates out of the pipeline call
+            if on_step is not None:
+                on_step(step_offset + step + 1, total_steps, "step")
+            return {}
+
+        output = self.pipe(
+            image=guide,
+            prompt_embeds=self.embeddings.positive,
+            negative_prompt_embeds=self.embeddings.negative,
+            height=guide.height,
+            width=guide.width,
+            num_frames=model.NUM_FRAMES,
+            num_inference_steps=job.num_inference_steps,
+            guidance_scale=job.guidance_scale,  # CFG (a second pass per step) only when > 1
+            generator=generator,
+            output_type="np",
+            callback_on_step_end=step_end,
+            max_sequence_length=model.MAX_SEQUENCE_LENGTH,
+        )
+        return output.frames[0][-1]  # the last of the 5 frames is the upscaled image
+
+    def plan(self, job: EngineJob) -> list[PassTile]:
+        """The passes a job needs: one, or overlapping tiles when above ``max_pass_area``."""
+        return plan_pass_tiles(
+            job.width, job.height, self.max_pass_area, self.tile_overlap, self.size_multiple
+        )
+
+    def upscale(
+        self, image: Image.Image, job: EngineJob, progress: ProgressFn | None = None
+    ) -> Image.Image:
+        """Upscale to exactly ``job.width`` × ``job.height`` (multiples of 16).
+
+        ``progress(done, total, "step")`` is called after every denoising step, counted over
+        the whole job: ``total`` = steps × tiles. An exception it raises stops the job.
+        """
+        if job.width % self.size_multiple or job.height % self.size_multiple:
+            raise ValueError(f"output {job.width}x{job.height} is not a multiple of 16")
+        started = time.perf_counter()
+        guide = to_rgb(image).resize((job.width, job.height), GUIDE_FILTER)
+        tiles = self.plan(job)
+        total = job.num_inference_steps * len(tiles)
+        # one CPU generator per request: the same seed gives the same noise on any device
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        with self._lock:
+            self.lora.set(job.lora_scale)
+            if len(tiles) == 1:
+                pixels = self._render(guide, job, generator, progress, 0, total)
+            else:
+                rendered = 0
+
+                def render(tile: PassTile) -> np.ndarray:
+                    nonlocal rendered
+                    box = (tile.x0, tile.y0, tile.x1, tile.y1)
+                    offset = rendered * job.num_inference_steps
+                    rendered += 1
+                    return self._render(guide.crop(box), job, generator, progress, offset, total)
+
+                pixels = blend_tiles(job.width, job.height, tiles, render)
+            result = Image.fromarray(_to_uint8(pixels))
+            safety = self._check(result, job)
+        if safety == "flagged":
+            result = blacked_out(result)
+            result.info[SAFETY_FLAGGED_KEY] = True  # the journey counts it per request
+        log.info(
+            "chronoedit upscale width=%d height=%d tiles=%d steps=%d guidance=%g cfg=%s "
+            "lora_scale=%g seed=%d safety=%s render_ms=%.1f",
+            job.width,
+            job.height,
+            len(tiles),
+            job.num_inference_steps,
+            job.guidance_scale,
+            job.guidance_scale > 1,
+            job.lora_scale,
+            job.seed,
+            safety,
+            (time.perf_counter() - started) * 1000,
+        )
+        return result
+
+    def _check(self, image: Image.Image, job: EngineJob) -> str:
+        """``off`` (not asked), ``unavailable`` (asked, no checker), ``passed`` or ``flagged``."""
+        if not job.enable_safety_checker:
+            return "off"
+        if self.safety_checker is None:
+            return "unavailable"
+        if not self.safety_checker.check(image):
+            return "passed"
+        self.safety_flagged += 1
+        log.warning(
+            "chronoedit safety_checker flagged=1 action=blacked_out width=%d height=%d seed=%d "
+            "flagged_total=%d",
+            image.width,
+            image.height,
+            job.seed,
+            self.safety_flagged,
+        )
+        return "flagged"
+
+    def metadata(self) -> dict[str, object]:
+        """What is loaded and how it runs; ``safety_checker`` is None when nothing checks."""
+        return {
+            **super().metadata(),
+            "prompt": self.prompt,
+            "model_dir": str(self.model_dir),
+            "upscaler_lora": str(self.upscaler_lora),
+            "distill_lora": str(self.distill_lora) if self.distill_lora else None,
+            "flow_shift": self.flow_shift,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "max_pass_area": self.max_pass_area,
+            "tile_overlap": self.tile_overlap,
+            "compiled": self.compiled,
+            "safety_checker": self.safety_checker.source if self.safety_checker else None,
+        }
+
+    def close(self) -> None:
+        """Drop the pipeline and free GPU memory (the engine is unusable afterwards)."""
+        self.pipe = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

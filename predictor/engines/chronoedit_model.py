@@ -1,0 +1,246 @@
+"""Loading ChronoEdit for upscaling: local weights, the LoRAs, the cached prompt, compilation.
+
+Everything here reads from disk only (``local_files_only``): in a cluster KServe's storage
+initializer has already copied the weights to ``/mnt/models``; on a workstation they may sit in
+the Hugging Face cache. A missing file is a start-up error, never a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from diffusers import ChronoEditPipeline
+
+log = logging.getLogger("predictor.engines.chronoedit")
+
+#: NVIDIA's trigger text for the Upscaler LoRA (its model card and ChronoEdit's README)
+UPSCALER_PROMPT = (
+    "The user want to enhance image clarity and resolution while keeping the content identical. "
+    "super-resolution, high detail, 4K clarity, same composition, natural texture."
+)
+#: NVIDIA's own inference script leaves the negative prompt empty
+NEGATIVE_PROMPT = ""
+BASE_REPO = "nvidia/ChronoEdit-14B-Diffusers"
+UPSCALER_LORA_REPO = "nvidia/ChronoEdit-14B-Diffusers-Upscaler-Lora"
+UPSCALER_LORA_FILE = "upsample_lora_diffusers.safetensors"
+#: where the 8-step distillation LoRA sits inside the base repository
+DISTILL_LORA_FILE = "lora/chronoedit_distill_lora.safetensors"
+UPSCALER_ADAPTER = "upscaler"
+#: UniPC flow shift: NVIDIA's default, and what the distillation LoRA was trained for
+FLOW_SHIFT = 5.0
+DISTILL_FLOW_SHIFT = 2.0
+#: WanAttnProcessor splits image from text tokens assuming exactly 512 text tokens
+MAX_SEQUENCE_LENGTH = 512
+#: 5 video frames = 2 latent frames (the VAE compresses time 4×); the last frame is the result
+NUM_FRAMES = 5
+
+DeviceName = Literal["auto", "cuda", "cpu"]
+DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_local_dir(spec: str | Path) -> Path:
+    """A directory on disk, or a Hugging Face repo id (``owner/name`` or ``hf://owner/name``)
+    resolved in the local cache only; never a download."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    repo_id = str(spec).removeprefix("hf://").strip("/")
+    if _REPO_ID.match(repo_id) and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except Exception as exc:  # LocalEntryNotFoundError and friends: not in the cache
+            raise FileNotFoundError(
+                f"{spec!r} is neither a directory nor a repository in the local Hugging Face "
+                f"cache ({type(exc).__name__}); download it first or mount it"
+            ) from None
+    raise FileNotFoundError(f"model directory {str(spec)!r} does not exist")
+
+
+def find_upscaler_lora(model_dir: Path, explicit: str | Path | None = None) -> Path:
+    """The Upscaler LoRA file: ``explicit`` (a file, a directory holding it, or a cached repo id),
+    else next to the base weights, in a sibling ``ChronoEdit-14B-Diffusers-Upscaler-Lora``
+    directory (NVIDIA's README layout), or in the Hugging Face cache."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if path.is_file():
+            return path
+        candidate = resolve_local_dir(explicit) / UPSCALER_LORA_FILE
+        if candidate.is_file():
+            return candidate
+        raise FileNotFoundError(f"no upscaler LoRA at {str(explicit)!r} (looked for {candidate})")
+    candidates = [
+        model_dir / UPSCALER_LORA_FILE,
+        model_dir.parent / UPSCALER_LORA_REPO.split("/")[1] / UPSCALER_LORA_FILE,
+    ]
+    with contextlib.suppress(FileNotFoundError):
+        candidates.append(resolve_local_dir(UPSCALER_LORA_REPO) / UPSCALER_LORA_FILE)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(candidate) for candidate in candidates)
+    raise FileNotFoundError(
+        f"the upscaler LoRA ({UPSCALER_LORA_FILE}) was not found; looked in {looked}. "
+        "Pass --upscaler-lora PATH."
+    )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if name not in ("cuda", "cpu"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cuda or cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU (what the 14B model is served in), float32 on the CPU
+    (CPU bf16 kernels are slow and the tiny test model is exact in fp32)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def load_pipeline(model_dir: Path, dtype: torch.dtype, flow_shift: float) -> ChronoEditPipeline:
+    """Load the pipeline on the CPU; the image encoder stays in fp32 as in NVIDIA's examples.
+
+    The scheduler is rebuilt as UniPC with flow sigmas and ``flow_shift`` (NVIDIA's recipe).
+    """
+    from diffusers import ChronoEditPipeline, UniPCMultistepScheduler
+    from transformers import CLIPVisionModel
+
+    image_encoder = CLIPVisionModel.from_pretrained(
+        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True
+    )
+    pipe = ChronoEditPipeline.from_pretrained(
+        model_dir, image_encoder=image_encoder, dtype=dtype, local_files_only=True
+    )
+    pipe.scheduler = UniPCMultistepScheduler.from_config(
+        pipe.scheduler.config,
+        flow_shift=flow_shift,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    """The fixed prompt's text embeddings: computed once, reused by every request."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+def encode_prompt_once(pipe: ChronoEditPipeline, device: torch.device) -> PromptEmbeddings:
+    """Run the text encoder on the fixed prompt (and the empty negative), then release it.
+
+    UMT5-XXL is ~11 GB in bf16 and the prompt never changes, so the encoder is used once and
+    dropped; requests pass the cached embeddings (the image encoder still runs per pass: its
+    input is the image).
+    """
+    encoder = pipe.text_encoder
+    if encoder is None:
+        raise ValueError("the model directory has no text_encoder")
+    encoder.to(device)
+    with torch.no_grad():
+        positive, negative = pipe.encode_prompt(
+            prompt=UPSCALER_PROMPT,
+            negative_prompt=NEGATIVE_PROMPT,
+            do_classifier_free_guidance=True,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=device,
+            dtype=pipe.transformer.dtype,
+        )
+    pipe.text_encoder = None
+    del encoder
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    assert negative is not None
+    return PromptEmbeddings(positive, negative)
+
+
+def fuse_distill_lora(pipe: ChronoEditPipeline, path: Path) -> None:
+    """Merge NVIDIA's 8-step distillation LoRA into the transformer at weight 1, for good."""
+    pipe.load_lora_weights(str(path), adapter_name="distill", local_files_only=True)
+    pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=["distill"])
+    pipe.unload_lora_weights()  # the merged weights stay; the adapter layers go
+
+
+class AdapterScale:
+    """The weight of one loaded LoRA adapter, changed per request without touching the graph.
+
+    peft keeps each layer's scaling as a Python float, and ``set_adapters`` rewrites them: a
+    compiled transformer guards on those floats and would recompile for every new scale. Here
+    each scaling becomes a 0-d tensor once, and a request only fills it in place.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, adapter: str) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        self.adapter = adapter
+        self._scalings: list[tuple[torch.Tensor, float]] = []
+        for module in transformer.modules():
+            if isinstance(module, LoraLayer) and adapter in module.scaling:
+                base = float(module.scaling[adapter])  # lora_alpha / r, the weight-1 scaling
+                device = module.get_base_layer().weight.device
+                tensor = torch.tensor(base, dtype=torch.float32, device=device)
+                module.scaling[adapter] = tensor
+                self._scalings.append((tensor, base))
+        if not self._scalings:
+            raise ValueError(f"LoRA adapter {adapter!r} matched no layer of the transformer")
+        self.scale = 1.0
+
+    @property
+    def layers(self) -> int:
+        return len(self._scalings)
+
+    def set(self, scale: float) -> None:
+        """Set the adapter's weight (1 = as trained, 0 = off)."""
+        if scale == self.scale:
+            return
+        for tensor, base in self._scalings:
+            tensor.fill_(base * scale)
+        self.scale = scale
+
+
+def load_upscaler_lora(pipe: ChronoEditPipeline, path: Path) -> AdapterScale:
+    """Load the Upscaler LoRA as a peft adapter that stays resident; its weight is per request."""
+    pipe.load_lora_weights(str(path), adapter_name=UPSCALER_ADAPTER, local_files_only=True)
+    return AdapterScale(pipe.transformer, UPSCALER_ADAPTER)
+
+
+def compile_transformer(transformer: torch.nn.Module, backend: str = "inductor") -> None:
+    """Regional ``torch.compile`` of the 40 identical blocks, static shapes.
+
+    One compiled block serves every block (compiled once per shape, not 40 times);
+    ``dynamic=False`` keeps each shape bucket's kernels specialised, and the recompile limit
+    is raised so several buckets can coexist before dynamo would fall back to eager.
+    """
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    if hasattr(config, "recompile_limit"):
+        config.recompile_limit = max(config.recompile_limit, 64)
+    else:  # older torch
+        config.cache_size_limit = max(config.cache_size_limit, 64)
+    transformer.compile_repeated_blocks(dynamic=False, backend=backend)
