@@ -1,0 +1,144 @@
+"""``upscaler-operator`` / ``python -m upscaler_operator``: run the operator with kopf.
+
+Credentials come from the pod's service account in a cluster, else from $KUBECONFIG or
+~/.kube/config. Every flag defaults from an environment variable, so the Deployment manifest
+configures it through ``env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
+from upscaler_operator.config import OperatorConfig
+
+log = logging.getLogger("upscaler_operator")
+
+
+def _namespaces(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    defaults = OperatorConfig()
+    parser = argparse.ArgumentParser(
+        prog="upscaler-operator",
+        description="Reconcile UpscalerDeployments into KServe InferenceServices.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=None,
+        help="namespace to serve, repeatable (env WATCH_NAMESPACE, comma-separated); "
+        "none: the whole cluster",
+    )
+    parser.add_argument(
+        "--predictor-image",
+        default=environ.get("PREDICTOR_IMAGE", DEFAULT_PREDICTOR_IMAGE),
+        help="predictor image for deployments that name none (env PREDICTOR_IMAGE)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(environ.get("METRICS_PORT", defaults.metrics_port)),
+        help="Prometheus /metrics port, 0 for none (env METRICS_PORT)",
+    )
+    parser.add_argument(
+        "--liveness-port",
+        type=int,
+        default=int(environ.get("LIVENESS_PORT", defaults.liveness_port)),
+        help="kopf liveness endpoint port serving /healthz, 0 for none (env LIVENESS_PORT)",
+    )
+    parser.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=float(environ.get("WATCH_TIMEOUT_SECONDS", defaults.watch_timeout_s)),
+        help="seconds before a watch is renewed (env WATCH_TIMEOUT_SECONDS)",
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=float,
+        default=float(environ.get("RETRY_DELAY_SECONDS", defaults.retry_delay_s)),
+        help="seconds before a reconcile that hit an API error runs again "
+        "(env RETRY_DELAY_SECONDS)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=environ.get("LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (env LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--print-crd",
+        action="store_true",
+        help="print the UpscalerDeployment CRD (what manifests/crd.yaml holds) and exit",
+    )
+    parser.set_defaults(environ_namespaces=_namespaces(environ.get("WATCH_NAMESPACE", "")))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    namespaces = args.namespaces if args.namespaces is not None else args.environ_namespaces
+    return OperatorConfig(
+        predictor_image=args.predictor_image,
+        namespaces=tuple(namespaces),
+        metrics_port=args.metrics_port,
+        liveness_port=args.liveness_port,
+        watch_timeout_s=args.watch_timeout,
+        retry_delay_s=args.retry_delay,
+    )
+
+
+def run(config: OperatorConfig) -> None:
+    """Start metrics, then kopf; returns when kopf stops (SIGTERM/SIGINT)."""
+    import kopf
+
+    from upscaler_operator.handlers import build_registry
+    from upscaler_operator.kube import Kube
+    from upscaler_operator.metrics import Metrics
+    from upscaler_operator.reconcile import Reconciler
+
+    metrics = Metrics()
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+        log.info("metrics on :%d/metrics", config.metrics_port)
+    reconciler = Reconciler(Kube.from_environment(), metrics, config)
+    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
+    kopf.run(
+        registry=build_registry(reconciler, config),
+        standalone=True,  # one replica; no kopf peering objects needed
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=liveness,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.print_crd:
+        from upscaler_operator.crd import crd_text
+
+        sys.stdout.write(crd_text())
+        return 0
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    import kubernetes.config
+
+    try:
+        run(config_from_args(args))
+    except kubernetes.config.ConfigException as exc:
+        log.error("no Kubernetes credentials (in-cluster or kubeconfig): %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

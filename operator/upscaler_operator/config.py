@@ -1,0 +1,27 @@
+"""Operator settings: one frozen dataclass, filled from flags whose defaults come from the env."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    #: image of the predictor when a deployment does not name one (env PREDICTOR_IMAGE)
+    predictor_image: str = DEFAULT_PREDICTOR_IMAGE
+    #: namespaces to serve; empty means the whole cluster
+    namespaces: tuple[str, ...] = ()
+    #: Prometheus /metrics port; 0 turns the endpoint off
+    metrics_port: int = 8000
+    #: kopf's liveness endpoint port (/healthz); 0 turns it off
+    liveness_port: int = 8080
+    #: seconds a watch request lasts on the server before kopf renews it (silent watches end)
+    watch_timeout_s: float = 300.0
+    #: seconds before a reconcile that hit an API error runs again
+    retry_delay_s: float = 30.0
+    #: seconds the answer to "is the Prometheus operator installed?" is trusted
+    monitoring_ttl_s: float = 60.0
+    #: threads that run reconciles (they block on API calls)
+    workers: int = 8

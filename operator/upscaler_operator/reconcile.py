@@ -1,0 +1,262 @@
+"""The one idempotent reconcile, for create, update, resume and every change to a child.
+
+Read the spec (invalid: say so in the status and stop, without touching the children), build
+the children, create the missing ones and patch the ones whose content hash differs from the
+hash of what the operator last applied, then mirror the InferenceService into the status. Drift is
+judged by that hash alone, not by comparing content: KServe's webhook rewrites what it stores
+(quantities, empty fields, defaults), and a content comparison would fight it forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from upscaler_operator import API_VERSION, MANAGED_BY, MANAGED_BY_LABEL, PLURAL
+from upscaler_operator.builders import (
+    ISVC_API_VERSION,
+    MANAGED_ANNOTATIONS,
+    PODMONITOR_API_VERSION,
+    SPEC_HASH_ANNOTATION,
+    BuildOptions,
+    Child,
+    Owner,
+    build_children,
+    isvc_name,
+)
+from upscaler_operator.config import OperatorConfig
+from upscaler_operator.kube import Kube, KubeError, Ref
+from upscaler_operator.metrics import Metrics
+from upscaler_operator.spec import DeploymentSpec, InvalidSpec, parse_spec
+from upscaler_operator.status import Outcome, build_status, status_patch
+
+log = logging.getLogger(__name__)
+
+
+class ReconcileFailed(Exception):
+    """An API call failed; the status says so and the caller should retry later."""
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str  # ok | invalid
+    status: dict[str, Any]
+
+
+def deployment_ref(namespace: str, name: str) -> Ref:
+    return Ref(API_VERSION, PLURAL, namespace, name)
+
+
+def is_up_to_date(current: Mapping[str, Any], child: Child) -> bool:
+    """The child carries the hash of the wanted content and its owner reference."""
+    meta = current.get("metadata") or {}
+    applied = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    wanted_uids = {ref["uid"] for ref in child.manifest["metadata"]["ownerReferences"]}
+    present_uids = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+    return applied == child.spec_hash and wanted_uids <= present_uids
+
+
+def patch_operations(
+    current: Mapping[str, Any], desired: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """A JSON patch that makes ``current`` carry ``desired``'s content, in place.
+
+    Labels and annotations set by others stay; the operator's own annotations are rewritten
+    (so one it no longer wants goes away). The spec (or a ConfigMap's data) is replaced whole:
+    the operator owns it, and KServe's webhook re-applies its defaults on the way in.
+    """
+    meta, wanted = current.get("metadata") or {}, desired["metadata"]
+    labels = {**(meta.get("labels") or {}), **wanted["labels"]}
+    annotations = {
+        key: value
+        for key, value in (meta.get("annotations") or {}).items()
+        if key not in MANAGED_ANNOTATIONS
+    }
+    annotations.update(wanted["annotations"])
+    wanted_uids = {ref["uid"] for ref in wanted["ownerReferences"]}
+    owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("uid") not in wanted_uids]
+    owners += wanted["ownerReferences"]
+    operations = [
+        {"op": "add", "path": "/metadata/labels", "value": labels},
+        {"op": "add", "path": "/metadata/annotations", "value": annotations},
+        {"op": "add", "path": "/metadata/ownerReferences", "value": owners},
+    ]
+    for key in ("spec", "data"):
+        if key in desired:
+            operations.append({"op": "add", "path": f"/{key}", "value": desired[key]})
+    return operations
+
+
+def owner_of(child: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the UpscalerDeployment a child belongs to, from its owner reference."""
+    meta = child.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("apiVersion") == API_VERSION and ref.get("controller"):
+            return meta.get("namespace", ""), ref.get("name", "")
+    return None
+
+
+class Reconciler:
+    """Holds what reconciles share: the API client, metrics, and one lock per deployment."""
+
+    def __init__(self, kube: Kube, metrics: Metrics, config: OperatorConfig) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self.config = config
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._monitoring: tuple[float, bool] | None = None
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deployment was deleted: drop its cost series and its lock."""
+        self.metrics.forget(namespace, name)
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+        log.info("deployment=%s/%s deleted; cost series removed", namespace, name)
+
+    def reconcile_named(self, namespace: str, name: str) -> Result | None:
+        """Reconcile a deployment by name (a child changed); None if it is gone or going."""
+        body = self.kube.get(deployment_ref(namespace, name))
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        return self.reconcile(body)
+
+    def reconcile(self, body: Mapping[str, Any]) -> Result:
+        """Bring the children and the status in line with the spec; idempotent."""
+        meta = body["metadata"]
+        started, outcome = time.monotonic(), "error"
+        with self._lock(meta["namespace"], meta["name"]):
+            try:
+                result = self._reconcile(body)
+                outcome = result.outcome
+                return result
+            finally:
+                self.metrics.observe(outcome, time.monotonic() - started)
+
+    def _reconcile(self, body: Mapping[str, Any]) -> Result:
+        owner = Owner.from_body(body)
+        key = f"{owner.namespace}/{owner.name}"
+        isvc_ref = Ref(
+            ISVC_API_VERSION, "inferenceservices", owner.namespace, isvc_name(owner.name)
+        )
+        spec: DeploymentSpec | None = None
+        try:
+            spec = parse_spec(body.get("spec"), name=owner.name)
+        except InvalidSpec as exc:
+            log.warning("deployment=%s invalid spec, children left as they are: %s", key, exc)
+            result = Outcome(invalid=exc.errors)
+            isvc = self.kube.get(isvc_ref)  # a running service keeps being reported
+        else:
+            result, isvc = self._apply_all(owner, spec)
+        status = build_status(
+            generation=(body["metadata"]).get("generation"),
+            previous=body.get("status"),
+            spec=spec,
+            outcome=result,
+            isvc=isvc,
+            isvc_name=isvc_ref.name or "",
+        )
+        self._write_status(owner, body.get("status"), status)
+        self.metrics.set_cost(owner.namespace, owner.name, status["estimatedHourlyCostUsd"])
+        if result.failure is not None:
+            raise ReconcileFailed(result.failure)
+        return Result("invalid" if result.invalid is not None else "ok", status)
+
+    def _apply_all(
+        self, owner: Owner, spec: DeploymentSpec
+    ) -> tuple[Outcome, Mapping[str, Any] | None]:
+        options = BuildOptions(
+            predictor_image=self.config.predictor_image, pod_monitor=self.pod_monitors_served()
+        )
+        isvc: Mapping[str, Any] | None = None
+        applied: list[str] = []
+        for child in build_children(owner, spec, options):
+            try:
+                current = self.apply(child)
+            except KubeError as exc:
+                log.error(
+                    "deployment=%s/%s apply %s failed: %s",
+                    owner.namespace,
+                    owner.name,
+                    child.ref,
+                    exc,
+                )
+                return Outcome(failure=f"{child.kind} {child.ref.name}: {exc}"), isvc
+            applied.append(child.kind)
+            if child.kind == "InferenceService":
+                isvc = current
+        return Outcome(applied=tuple(applied)), isvc
+
+    def apply(self, child: Child) -> dict[str, Any]:
+        """Create the child, or patch it in place when its hash differs; the stored object."""
+        current = self.kube.get(child.ref)
+        if current is None:
+            try:
+                created = self.kube.create(child.ref, child.manifest)
+                log.info("created %s hash=%s", child.ref, child.spec_hash)
+                return created
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                current = self.kube.get(child.ref)  # a concurrent create won: patch that one
+                if current is None:
+                    raise
+        labels = (current.get("metadata") or {}).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+            message = f"{child.ref} exists and is not managed by {MANAGED_BY}"
+            raise KubeError(409, "Conflict", message)
+        if is_up_to_date(current, child):
+            return current
+        patched = self.kube.json_patch(child.ref, patch_operations(current, child.manifest))
+        log.info("patched %s hash=%s", child.ref, child.spec_hash)
+        return patched
+
+    def pod_monitors_served(self) -> bool:
+        """Whether the cluster serves PodMonitors (the Prometheus operator), cached for a while."""
+        now = time.monotonic()
+        cached = self._monitoring
+        if cached is not None and now - cached[0] < self.config.monitoring_ttl_s:
+            return cached[1]
+        try:
+            resources = self.kube.resources(PODMONITOR_API_VERSION)
+        except KubeError as exc:
+            log.warning("cannot discover %s, no PodMonitors: %s", PODMONITOR_API_VERSION, exc)
+            resources = None
+        served = resources is not None and "podmonitors" in resources
+        if self._monitoring is None or self._monitoring[1] != served:
+            log.info("PodMonitors %s", "served: creating them" if served else "not served")
+        self._monitoring = (now, served)
+        return served
+
+    def _write_status(
+        self, owner: Owner, previous: Mapping[str, Any] | None, status: dict[str, Any]
+    ) -> None:
+        if previous == status:
+            return
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        try:
+            self.kube.merge_patch_status(
+                deployment_ref(owner.namespace, owner.name), status_patch(previous, status)
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise
+        log.info(
+            "deployment=%s/%s ready=%s reason=%s replicas=%s url=%s cost_usd_per_hour=%s",
+            owner.namespace,
+            owner.name,
+            ready["status"],
+            ready["reason"],
+            status["replicas"],
+            status.get("url", "-"),
+            status["estimatedHourlyCostUsd"],
+        )

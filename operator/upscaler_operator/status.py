@@ -1,0 +1,141 @@
+"""The UpscalerDeployment's status: its InferenceService's state, its own reconcile, the cost.
+
+Three conditions, each with type, status, reason, message and lastTransitionTime (kept while the
+status stays the same, as Kubernetes conditions do):
+- ``Reconciled``: the spec was valid and every child was applied;
+- ``InferenceServiceReady``: KServe's Ready condition, mirrored;
+- ``Ready``: both of the above; its message says what is missing.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from upscaler_operator.spec import DeploymentSpec
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile found: None for ``invalid``/``failure`` means that did not happen."""
+
+    invalid: list[str] | None = None  # spec errors, each naming its field
+    failure: str | None = None  # an API error while applying children
+    applied: tuple[str, ...] = ()  # kinds of the children now up to date
+
+
+@dataclass(frozen=True)
+class IsvcState:
+    status: str
+    reason: str
+    message: str
+    url: str | None
+    replicas: int
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def isvc_state(isvc: Mapping[str, Any] | None) -> IsvcState:
+    """KServe's view: its Ready condition, URL and ready predictor copies."""
+    if isvc is None:
+        return IsvcState(UNKNOWN, "InferenceServiceMissing", "not created yet", None, 0)
+    status = isvc.get("status") or {}
+    replicas = ((status.get("modelStatus") or {}).get("copies") or {}).get("totalCopies") or 0
+    url = status.get("url") or None
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None:
+        return IsvcState(UNKNOWN, "Pending", "waiting for KServe to report", url, replicas)
+    value = ready.get("status") if ready.get("status") in (TRUE, FALSE) else UNKNOWN
+    reason = ready.get("reason") or (
+        "InferenceServiceReady" if value == TRUE else "InferenceServiceNotReady"
+    )
+    message = ready.get("message") or ("ready" if value == TRUE else "not ready")
+    return IsvcState(value, reason, message, url, int(replicas))
+
+
+def replica_hourly_usd(spec: DeploymentSpec | None) -> float:
+    """Price of one replica-hour: GPUs × GPU price (chronoedit) or the CPU replica price (sr)."""
+    if spec is None:
+        return 0.0
+    gpus = spec.gpus
+    if gpus is not None:
+        return gpus.count * (spec.pricing.gpu_hourly_usd or 0.0)
+    return spec.pricing.cpu_hourly_usd or 0.0
+
+
+def hourly_cost(spec: DeploymentSpec | None, replicas: int) -> float:
+    return round(replicas * replica_hourly_usd(spec), 6)
+
+
+def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
+    return {"type": kind, "status": status, "reason": reason, "message": message}
+
+
+def conditions(outcome: Outcome, isvc: IsvcState) -> list[dict[str, str]]:
+    """The three conditions, without transition times."""
+    if outcome.invalid is not None:
+        reconciled = _condition("Reconciled", FALSE, "InvalidSpec", "; ".join(outcome.invalid))
+    elif outcome.failure is not None:
+        reconciled = _condition("Reconciled", FALSE, "ReconcileFailed", outcome.failure)
+    else:
+        applied = ", ".join(outcome.applied) or "children"
+        reconciled = _condition("Reconciled", TRUE, "ChildrenApplied", f"{applied} up to date")
+    isvc_ready = _condition("InferenceServiceReady", isvc.status, isvc.reason, isvc.message)
+    if reconciled["status"] != TRUE:
+        ready = _condition("Ready", FALSE, reconciled["reason"], reconciled["message"])
+    elif isvc.status != TRUE:
+        ready = _condition(
+            "Ready", FALSE, "InferenceServiceNotReady", f"InferenceService: {isvc.message}"
+        )
+    else:
+        ready = _condition("Ready", TRUE, "Ready", f"serving at {isvc.url or '(no URL yet)'}")
+    return [ready, isvc_ready, reconciled]
+
+
+def build_status(
+    *,
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    spec: DeploymentSpec | None,
+    outcome: Outcome,
+    isvc: Mapping[str, Any] | None,
+    isvc_name: str,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The whole status object, carrying over transition times that did not change."""
+    state = isvc_state(isvc)
+    previous_conditions = {
+        c.get("type"): c for c in (previous or {}).get("conditions") or [] if isinstance(c, dict)
+    }
+    timestamp = now or now_rfc3339()
+    stamped = []
+    for condition in conditions(outcome, state):
+        before = previous_conditions.get(condition["type"])
+        same = before is not None and before.get("status") == condition["status"]
+        since = before.get("lastTransitionTime") if same and before else None
+        stamped.append({**condition, "lastTransitionTime": since or timestamp})
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": stamped,
+        "inferenceService": isvc_name,
+        "replicas": state.replicas,
+        "estimatedHourlyCostUsd": hourly_cost(spec, state.replicas),
+    }
+    if generation is None:
+        del status["observedGeneration"]
+    if state.url:
+        status["url"] = state.url
+    return status
+
+
+def status_patch(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``previous`` into ``status`` (null removes keys that went away)."""
+    patch: dict[str, Any] = {key: None for key in previous or {} if key not in status}
+    patch.update(status)
+    return patch
