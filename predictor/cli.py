@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from predictor.auth import load_keys
 from predictor.config import FetchLimits, MiB, Settings
 from predictor.engines import ENGINE_NAMES
 
@@ -167,6 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output_format for requests that leave it out (fal's default: jpeg)",
     )
+    queue = serve.add_argument_group("queue and webhooks")
+    queue.add_argument(
+        "--queue-result-ttl",
+        type=float,
+        default=Settings.queue_result_ttl_s,
+        help="seconds a queued request's result is kept after it finishes; then 404",
+    )
+    queue.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("UPSCALER_WEBHOOK_SECRET"),
+        help="HMAC-SHA256 key that signs webhook deliveries (env UPSCALER_WEBHOOK_SECRET)",
+    )
+    queue.add_argument(
+        "--webhook-attempts", type=int, default=Settings.webhook_attempts, help="tries per webhook"
+    )
+    queue.add_argument(
+        "--webhook-backoff",
+        type=float,
+        default=Settings.webhook_backoff_s,
+        help="seconds before the first webhook retry (doubling after each)",
+    )
+    security = serve.add_argument_group("security")
+    security.add_argument(
+        "--keys-file",
+        type=Path,
+        default=None,
+        help="API keys, one per line; with keys (here or in env UPSCALER_API_KEYS, "
+        "comma-separated) inference routes need 'Authorization: Key <key>'",
+    )
+    security.add_argument("--tls-cert", default=None, help="serve HTTPS: certificate chain (PEM)")
+    security.add_argument("--tls-key", default=None, help="serve HTTPS: private key (PEM)")
     observe = serve.add_argument_group("metrics")
     observe.add_argument(
         "--gpu-hourly-usd",
@@ -230,7 +262,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         public_url=args.public_url,
         gpu_hourly_usd=_non_negative(args.gpu_hourly_usd, "--gpu-hourly-usd"),
         request_defaults=_request_defaults(args),
+        queue_result_ttl_s=_non_negative(args.queue_result_ttl, "--queue-result-ttl"),
+        webhook_secret=args.webhook_secret or None,
+        webhook_attempts=max(1, args.webhook_attempts),
+        webhook_backoff_s=_non_negative(args.webhook_backoff, "--webhook-backoff"),
+        api_keys=load_keys(args.keys_file),
+        tls_cert=args.tls_cert,
+        tls_key=_tls_key(args),
     )
+
+
+def _tls_key(args: argparse.Namespace) -> str | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("chrono-upscaler serve: error: --tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"chrono-upscaler serve: error: {flag} {path}: no such file")
+    return args.tls_key
 
 
 def _non_negative(value: float, flag: str) -> float:

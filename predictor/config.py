@@ -47,6 +47,17 @@ class Settings:
     gpu_hourly_usd: float = 0.0
     #: the deployment's defaults for request fields a request leaves out (field name → value)
     request_defaults: dict[str, Any] = field(default_factory=dict)
+    #: queued requests' results are kept this long after they finish, then 404
+    queue_result_ttl_s: float = 3600.0
+    #: webhook delivery: HMAC secret, attempts and first backoff (doubling)
+    webhook_secret: str | None = None
+    webhook_attempts: int = 5
+    webhook_backoff_s: float = 1.0
+    #: when non-empty, inference routes need ``Authorization: Key <key>``
+    api_keys: frozenset[str] = frozenset()
+    #: serve HTTPS with this certificate chain and key (PEM files)
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def max_body_bytes(self) -> int:

@@ -82,7 +82,9 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
     return data
 
 
-async def resolve_checked(host: str, port: int, allow_private: bool) -> IPAddress:
+async def resolve_checked(
+    host: str, port: int, allow_private: bool, what: str = "image_url"
+) -> IPAddress:
     """Resolve ``host`` and return an address to connect to; refuse if any address is forbidden.
 
     Every address must pass: a name that resolves to one public and one private address is
@@ -105,25 +107,51 @@ async def resolve_checked(host: str, port: int, allow_private: bool) -> IPAddres
         reason = refusal_reason(ip, allow_private)
         if reason:
             raise url_not_allowed(
-                f"image_url host {host!r} resolves to {ip}, {reason}; fetching from it is not "
+                f"{what} host {host!r} resolves to {ip}, {reason}; connecting to it is not "
                 "allowed (the operator can allow private addresses with --allow-private-urls)."
             )
     return addresses[0]
 
 
-def check_scheme(url: str) -> httpx.URL:
+def check_scheme(url: str, what: str = "image_url") -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
-        raise url_not_allowed(f"image_url is not a valid URL: {exc}.") from None
+        raise url_not_allowed(f"{what} is not a valid URL: {exc}.") from None
     if parsed.scheme not in ("http", "https"):
+        alternatives = "http, https or a data: URI" if what == "image_url" else "http or https"
         raise url_not_allowed(
-            f"image_url scheme {parsed.scheme or '(none)'!r} is not supported; "
-            "use http, https or a data: URI."
+            f"{what} scheme {parsed.scheme or '(none)'!r} is not supported; use {alternatives}."
         )
     if not parsed.host:
-        raise url_not_allowed("image_url has no host.")
+        raise url_not_allowed(f"{what} has no host.")
     return parsed
+
+
+async def pinned_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    allow_private: bool,
+    headers: dict[str, str],
+    content: bytes | None = None,
+    what: str = "image_url",
+) -> httpx.Request:
+    """A request to ``url`` whose connection goes to the address that was checked.
+
+    The host name stays in the ``Host`` header and TLS (SNI and certificate checks).
+    """
+    parsed = check_scheme(url, what)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    ip = await resolve_checked(parsed.host, port, allow_private, what)
+    host_header = parsed.host if parsed.port is None else f"{parsed.host}:{port}"
+    return client.build_request(
+        method,
+        parsed.copy_with(host=str(ip)),
+        headers={"Host": host_header, "User-Agent": USER_AGENT, **headers},
+        content=content,
+        extensions={"sni_hostname": parsed.host},
+    )
 
 
 async def fetch_url(url: str, limits: FetchLimits) -> bytes:
@@ -140,17 +168,10 @@ async def fetch_url(url: str, limits: FetchLimits) -> bytes:
             httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
         ):
             for _ in range(limits.max_redirects + 1):
-                parsed = check_scheme(url)
-                port = parsed.port or (443 if parsed.scheme == "https" else 80)
-                ip = await resolve_checked(parsed.host, port, limits.allow_private_urls)
-                pinned = parsed.copy_with(host=str(ip))
-                host_header = parsed.host if parsed.port is None else f"{parsed.host}:{port}"
-                request = client.build_request(
-                    "GET",
-                    pinned,
-                    headers={"Host": host_header, "User-Agent": USER_AGENT, "Accept": "image/*"},
-                    extensions={"sni_hostname": parsed.host},
+                request = await pinned_request(
+                    client, "GET", url, limits.allow_private_urls, {"Accept": "image/*"}
                 )
+                parsed = check_scheme(url)
                 response = await client.send(request, stream=True)
                 try:
                     if response.is_redirect and "location" in response.headers:

@@ -33,7 +33,7 @@ from predictor.plan import plan_output_size, resolve_seed
 from predictor.schema import ImageOut, UpscaleRequest, UpscaleResponse
 from predictor.store import OutputStore
 from predictor.telemetry import RequestRecord, Telemetry, current_record
-from predictor.workers import CancelToken, Deadline, WorkerPool
+from predictor.workers import Admission, CancelToken, Deadline, WorkerPool
 
 log = logging.getLogger("predictor.journey")
 T = TypeVar("T")
@@ -176,19 +176,28 @@ class Upscaler:
         self.telemetry = Telemetry(engine.name, settings.gpu_hourly_usd)
         metrics.watch_pool(lambda: self.pool.waiting, lambda: self.pool.inflight)
 
-    async def upscale(self, request: UpscaleRequest, base_url: str) -> UpscaleResponse:
+    async def upscale(
+        self,
+        request: UpscaleRequest,
+        base_url: str,
+        record: RequestRecord | None = None,
+        observer: JobObserver | None = None,
+        admission: Admission | None = None,
+    ) -> UpscaleResponse:
         """Run one request end to end; ``base_url`` is where ``/files/`` links point.
 
-        The HTTP edge opens the request's record (:func:`current_record`); called without one
-        (in process, or later from a queue), the journey opens and finishes its own.
+        The HTTP edge opens the request's record (:func:`current_record`) and finishes it; a
+        record passed in (a queued job's) or opened here is finished here, exactly once.
+        ``observer`` hears the job start, its progress and its stages (the queue's logs);
+        ``admission``: a place already reserved in the worker pool (a queued request's).
         """
-        record = current_record()
-        owned = record is None
-        if record is None:
-            record = RequestRecord(route="in-process")
+        owned = record is not None or current_record() is None
+        record = record or current_record() or RequestRecord(route="in-process")
         status, error_type = 200, None
         try:
-            return await self._upscale(request, base_url, record)
+            return await self._upscale(
+                request, base_url, record, observer or JobObserver(), admission
+            )
         except UpscaleError as exc:
             status, error_type = exc.status_code, exc.error_type
             raise
@@ -204,7 +213,12 @@ class Upscaler:
                 self.telemetry.finish(record, status, error_type)
 
     async def _upscale(
-        self, request: UpscaleRequest, base_url: str, record: RequestRecord
+        self,
+        request: UpscaleRequest,
+        base_url: str,
+        record: RequestRecord,
+        observer: JobObserver,
+        admission: Admission | None,
     ) -> UpscaleResponse:
         request = apply_defaults(request, self.settings)
         deadline = Deadline.after(self.settings.request_timeout_s)
@@ -214,8 +228,23 @@ class Upscaler:
             steps=request.num_inference_steps,
             loras=len(request.loras),
         )
-        check_supported(request, self.engine)
-        self.pool.check_room()
+        try:
+            check_supported(request, self.engine)
+            admission = admission or self.pool.admit()
+            return await self._admitted(request, base_url, record, observer, admission, deadline)
+        finally:
+            if admission is not None:
+                admission.release()
+
+    async def _admitted(
+        self,
+        request: UpscaleRequest,
+        base_url: str,
+        record: RequestRecord,
+        observer: JobObserver,
+        admission: Admission,
+        deadline: Deadline,
+    ) -> UpscaleResponse:
         seed = resolve_seed(request.seed)
         record.details["seed"] = seed
         fetch_started = time.perf_counter()
@@ -225,6 +254,9 @@ class Upscaler:
             )
         finally:
             record.add_time("fetch", _lap(fetch_started))
+        observer.log(
+            f"input fetched: {len(data):,} bytes in {record.timings['fetch'] * 1000:.0f} ms"
+        )
         queued = time.perf_counter()
 
         def job(token: CancelToken) -> Processed:
@@ -235,9 +267,12 @@ class Upscaler:
                 record.timings["queue"] * 1000,
             )
 
+            observer.started()
+
             # the engine reports each tile/step; a cancelled job stops at the next one
             def progress(done: int, total: int, unit: str) -> None:
                 token.check()
+                observer.progress(done, total, unit)
 
             timings: dict[str, float] = {}
             try:
@@ -249,8 +284,14 @@ class Upscaler:
                 for stage, seconds in timings.items():
                     record.add_time(stage, seconds)
 
-        processed = await self.pool.run(job, deadline)
+        processed = await self.pool.run(job, deadline, admission)
         record.details["input"] = list(processed.input_size)
+        encoded = processed.encoded
+        observer.log(
+            f"upscaled {processed.input_size[0]}×{processed.input_size[1]} → "
+            f"{encoded.width}×{encoded.height} in {processed.timings['inference']:.2f} s; "
+            f"{encoded.extension} {len(encoded.data):,} bytes"
+        )
         image = deliver(
             processed.encoded,
             request.sync_mode,
@@ -263,6 +304,22 @@ class Upscaler:
     def close(self) -> None:
         self.pool.shutdown()
         self.engine.close()
+
+
+class JobObserver:
+    """Hears a job's life (the queue turns it into status and logs); the default ignores it.
+
+    ``started`` and ``progress`` are called from the engine's worker thread.
+    """
+
+    def started(self) -> None:
+        """The job reached an engine worker."""
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        """``done`` of ``total`` steps or tiles are finished."""
+
+    def log(self, message: str) -> None:
+        """A stage finished (fetch, upscale)."""
 
 
 def apply_defaults(request: UpscaleRequest, settings: Settings) -> UpscaleRequest:

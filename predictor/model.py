@@ -15,7 +15,9 @@ from kserve.errors import InvalidInput
 from predictor.config import Settings
 from predictor.engines import load_engine
 from predictor.journey import Upscaler, parse_request
+from predictor.queue import QueuedRequest, RequestQueue
 from predictor.store import MemoryOutputStore
+from predictor.webhooks import WebhookSettings, deliver_webhook
 
 log = logging.getLogger("predictor.model")
 
@@ -34,18 +36,42 @@ class UpscalerModel(Model):
         super().__init__(settings.model_name)
         self.settings = settings
         self.upscaler: Upscaler | None = None
+        self.queue: RequestQueue | None = None
 
     def load(self) -> bool:
         log.info("loading engine=%s options=%s", self.settings.engine, self.settings.engine_options)
         engine = load_engine(self.settings.engine, **self.settings.engine_options)
         store = MemoryOutputStore(self.settings.output_store_bytes, self.settings.output_ttl_s)
         self.upscaler = Upscaler(engine, self.settings, store)
+        self.queue = RequestQueue(
+            self.upscaler, self.settings.queue_result_ttl_s, on_finished=self._send_webhook
+        )
         self.ready = True
         log.info("engine %s ready", engine.name)
         return self.ready
 
     def ready_upscaler(self) -> Upscaler | None:
         return self.upscaler if self.ready else None
+
+    def ready_queue(self) -> RequestQueue | None:
+        return self.queue if self.ready else None
+
+    async def _send_webhook(self, entry: QueuedRequest) -> None:
+        if entry.webhook_url is None or entry.result is None:
+            return
+        settings = self.settings
+        await deliver_webhook(
+            entry.webhook_url,
+            entry.request_id,
+            entry.result,
+            entry.failed,
+            WebhookSettings(
+                secret=settings.webhook_secret,
+                allow_private_urls=settings.fetch.allow_private_urls,
+                attempts=settings.webhook_attempts,
+                first_backoff_s=settings.webhook_backoff_s,
+            ),
+        )
 
     async def predict(
         self, payload: Any, headers: dict[str, str] | None = None, response_headers=None

@@ -24,7 +24,9 @@ _V1_PREDICT = re.compile(r"^/v1/models/[^/]+:predict$")
 
 def is_upscale_route(method: str, path: str) -> bool:
     """The routes whose requests are upscaling requests (counted, timed, given an id)."""
-    return method == "POST" and (path == FAL_PATH or _V1_PREDICT.match(path) is not None)
+    return method == "POST" and (
+        path in (FAL_PATH, f"/queue{FAL_PATH}") or _V1_PREDICT.match(path) is not None
+    )
 
 
 def error_response(exc: UpscaleError) -> JSONResponse:
@@ -90,6 +92,15 @@ class BodyLimitMiddleware:
         )
 
 
+def add_telemetry_middleware(app: FastAPI, get_upscaler: Callable[[], Upscaler | None]) -> None:
+    """Count and time upscaling requests; add it after the body limit so it sees its 413s."""
+    app.add_middleware(
+        TelemetryMiddleware,
+        telemetry=lambda: upscaler.telemetry if (upscaler := get_upscaler()) else None,
+        tracked=is_upscale_route,
+    )
+
+
 def mount_fal_routes(
     app: FastAPI, get_upscaler: Callable[[], Upscaler | None], max_body_bytes: int
 ) -> None:
@@ -97,12 +108,6 @@ def mount_fal_routes(
     app.add_exception_handler(UpscaleError, _upscale_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    # added last, so it is the outermost: it sees the body limit's 413s and FastAPI's 422s too
-    app.add_middleware(
-        TelemetryMiddleware,
-        telemetry=lambda: upscaler.telemetry if (upscaler := get_upscaler()) else None,
-        tracked=is_upscale_route,
-    )
 
     def ready_upscaler() -> Upscaler:
         upscaler = get_upscaler()

@@ -8,9 +8,11 @@ import warnings
 from kserve import ModelServer
 from kserve.model_server import app as kserve_app
 
+from predictor.auth import KeyAuthMiddleware
 from predictor.config import Settings
 from predictor.model import UpscalerModel
-from predictor.routes import mount_fal_routes
+from predictor.queue_routes import FalProxyMiddleware, mount_queue_routes
+from predictor.routes import add_telemetry_middleware, mount_fal_routes
 from predictor.telemetry import configure_request_log
 
 log = logging.getLogger("predictor.server")
@@ -19,13 +21,18 @@ log = logging.getLogger("predictor.server")
 class BoundModelServer(ModelServer):
     """KServe's ModelServer always binds 0.0.0.0; this one binds the host it is given."""
 
-    def __init__(self, host: str, **kwargs) -> None:
+    def __init__(
+        self, host: str, tls_cert: str | None = None, tls_key: str | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.host = host
+        self.tls = (tls_cert, tls_key)
 
     async def _serve(self) -> None:
         if self._rest_server is not None:
-            self._rest_server.config.host = self.host
+            config = self._rest_server.config
+            config.host = self.host
+            config.ssl_certfile, config.ssl_keyfile = self.tls  # uvicorn loads them at start
         await super()._serve()
 
 
@@ -36,6 +43,13 @@ def serve(settings: Settings) -> None:
     model = UpscalerModel(settings)
     model.load()
     mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)
+    mount_queue_routes(kserve_app, model.ready_queue, settings.public_url)
+    # added after the fal routes' middleware, so these wrap it: keys are checked inside the
+    # telemetry (a 401 is counted) and the proxy rewrites paths before anything else sees them
+    if settings.api_keys:
+        kserve_app.add_middleware(KeyAuthMiddleware, keys=settings.api_keys)
+    add_telemetry_middleware(kserve_app, model.ready_upscaler)
+    kserve_app.add_middleware(FalProxyMiddleware)
     log.info(
         "serving %s on http://%s:%d (fal route /%s, KServe v1 /v1/models/%s:predict)",
         settings.engine,
@@ -44,5 +58,12 @@ def serve(settings: Settings) -> None:
         "fal-ai/chrono-edit-lora-gallery/upscaler",
         settings.model_name,
     )
-    server = BoundModelServer(settings.host, http_port=settings.port, enable_grpc=False, workers=1)
+    server = BoundModelServer(
+        settings.host,
+        settings.tls_cert,
+        settings.tls_key,
+        http_port=settings.port,
+        enable_grpc=False,
+        workers=1,
+    )
     server.start([model])

@@ -40,6 +40,8 @@ class RequestRecord:
     images: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
+    #: the work continues elsewhere (a queue submit): that job counts it, not this HTTP call
+    handed_off: bool = False
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
@@ -109,7 +111,7 @@ class Telemetry:
     def finish(self, record: RequestRecord, status: int, error_type: str | None = None) -> str:
         """Count ``record`` once (later calls are no-ops) and return its outcome."""
         outcome = metrics.outcome_for_status(status)
-        if record.finished:
+        if record.finished or record.handed_off:
             return outcome
         record.finished = True
         total = time.perf_counter() - record.started

@@ -61,6 +61,18 @@ class CancelToken:
             raise JobCancelled()
 
 
+class Admission:
+    """A place in the pool's waiting line; released once (when the job starts, or on failure)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool: WorkerPool | None = pool
+
+    def release(self) -> None:
+        if self._pool is not None:
+            self._pool.waiting -= 1
+            self._pool = None
+
+
 class WorkerPool:
     def __init__(self, max_inflight: int, max_waiting: int, initial_job_s: float = 5.0) -> None:
         if max_inflight < 1 or max_waiting < 0:
@@ -84,20 +96,34 @@ class WorkerPool:
         return self._mean_job_s * (self.waiting / self.max_inflight + 1)
 
     def check_room(self) -> None:
-        """Fail fast (before fetching anything) when a new request could not even wait."""
-        if self.inflight >= self.max_inflight and self.waiting >= self.max_waiting:
+        """Fail fast when a new request could neither start nor wait."""
+        if self.waiting >= self.max_waiting + (self.max_inflight - self.inflight):
             raise queue_full(self.retry_after_s())
 
-    async def run(self, job: Callable[[CancelToken], T], deadline: Deadline) -> T:
-        """Run ``job(token)`` on a worker thread, answering by ``deadline``."""
+    def admit(self) -> Admission:
+        """Reserve a place (429 when there is none) before fetching anything.
+
+        The place counts as waiting from now until the job gets a slot or the admission is
+        released, so requests still downloading their input are not over-admitted.
+        """
         self.check_room()
         self.waiting += 1
+        return Admission(self)
+
+    async def run(
+        self,
+        job: Callable[[CancelToken], T],
+        deadline: Deadline,
+        admission: Admission | None = None,
+    ) -> T:
+        """Run ``job(token)`` on a worker thread, answering by ``deadline``."""
+        admission = admission or self.admit()
         try:
             await asyncio.wait_for(self.slots.acquire(), timeout=deadline.remaining())
         except TimeoutError:
             raise deadline.expired_error() from None
         finally:
-            self.waiting -= 1
+            admission.release()
         self.inflight += 1
         token = CancelToken()
         started = time.monotonic()

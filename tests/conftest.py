@@ -61,17 +61,22 @@ class ServerProcess:
     url: str
     process: subprocess.Popen
     log_path: Path
+    #: the CA file that signed an HTTPS server's certificate (httpx's ``verify``)
+    verify: str | bool = True
 
     def post(self, payload, timeout: float = 120, **kwargs) -> httpx.Response:
         return httpx.post(
             f"{self.url}/fal-ai/chrono-edit-lora-gallery/upscaler",
             json=payload,
             timeout=timeout,
+            verify=self.verify,
             **kwargs,
         )
 
     def assert_alive(self) -> None:
-        response = httpx.get(f"{self.url}/v1/models/chrono-upscaler", timeout=10)
+        response = httpx.get(
+            f"{self.url}/v1/models/chrono-upscaler", timeout=10, verify=self.verify
+        )
         assert response.status_code == 200, response.text
         assert response.json()["ready"] is True
 
@@ -97,7 +102,8 @@ class ServerProcess:
             time.sleep(0.05)
 
 
-def start_server(tmp_dir: Path, *flags: str) -> ServerProcess:
+def start_server(tmp_dir: Path, *flags: str, ca_file: Path | None = None) -> ServerProcess:
+    """Start ``chrono-upscaler serve``; with ``ca_file`` the flags must include --tls-cert/key."""
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
     with open(log_path, "wb") as log_file:
@@ -108,13 +114,16 @@ def start_server(tmp_dir: Path, *flags: str) -> ServerProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    scheme = "https" if ca_file else "http"
+    verify = str(ca_file) if ca_file else True
+    server = ServerProcess(f"{scheme}://127.0.0.1:{port}", process, log_path, verify)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/v1/models/chrono-upscaler", timeout=2).status_code == 200:
+            ready = httpx.get(f"{server.url}/v1/models/chrono-upscaler", timeout=2, verify=verify)
+            if ready.status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

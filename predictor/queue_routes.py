@@ -1,0 +1,232 @@
+"""fal's queue routes under ``/queue``, and fal's proxy convention at ``/api/fal/proxy``.
+
+fal's clients address a request by the app's owner and alias only
+(``/queue/fal-ai/chrono-edit-lora-gallery/requests/{id}``); the full app path is served too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from predictor.errors import RequestFailed, ValidationFailed, not_ready
+from predictor.journey import apply_defaults, public_error
+from predictor.queue import CancelOutcome, QueuedRequest, RequestQueue, Status
+from predictor.schema import APP_ID, UpscaleRequest
+from predictor.telemetry import REQUEST_ID_HEADER, current_record
+
+OWNER_ALIAS = "/".join(APP_ID.split("/")[:2])  # fal-ai/chrono-edit-lora-gallery
+QUEUE_SUBMIT_PATH = f"/queue/{APP_ID}"
+PROXY_PATH = "/api/fal/proxy"
+_WEBHOOK_URL = TypeAdapter(AnyHttpUrl)
+
+
+def not_found(request_id: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"Request {request_id!r} not found (unknown, or its result has expired)."},
+        status_code=404,
+    )
+
+
+def mount_queue_routes(
+    app: FastAPI, get_queue: Callable[[], RequestQueue | None], public_url: str | None
+) -> None:
+    def ready_queue() -> RequestQueue:
+        queue = get_queue()
+        if queue is None:
+            raise not_ready()
+        return queue
+
+    def entry_or_404(request_id: str) -> QueuedRequest | JSONResponse:
+        entry = ready_queue().get(request_id)
+        return entry if entry is not None else not_found(request_id)
+
+    @app.post(
+        QUEUE_SUBMIT_PATH,
+        tags=["fal queue"],
+        summary="Submit a request to the queue",
+        responses={429: {"description": "queue full; see Retry-After"}},
+    )
+    async def submit(
+        body: UpscaleRequest,
+        request: Request,
+        fal_webhook: Annotated[str | None, Query(description="URL to POST the result to")] = None,
+    ) -> JSONResponse:
+        queue = ready_queue()
+        if fal_webhook is not None:
+            try:
+                _WEBHOOK_URL.validate_python(fal_webhook)
+            except ValidationError as exc:
+                raise ValidationFailed(
+                    [public_error(error, ("query", "fal_webhook")) for error in exc.errors()]
+                ) from None
+        record = current_record()
+        assert record is not None, "the telemetry middleware opens a record for submits"
+        base_url = public_url or str(request.base_url)
+        body = apply_defaults(body, queue.upscaler.settings)
+        entry = queue.submit(record.request_id, body, base_url, fal_webhook)
+        record.handed_off = True  # counted when the job finishes, not now
+        return JSONResponse(
+            {
+                "status": Status.IN_QUEUE.value,
+                "request_id": entry.request_id,
+                "gateway_request_id": entry.request_id,
+                **queue.urls(entry),
+                "queue_position": queue.position(entry),
+            }
+        )
+
+    for prefix in {f"/queue/{OWNER_ALIAS}", f"/queue/{APP_ID}"}:
+        _mount_request_routes(app, prefix, entry_or_404, ready_queue)
+
+
+def _mount_request_routes(
+    app: FastAPI,
+    prefix: str,
+    entry_or_404: Callable[[str], QueuedRequest | JSONResponse],
+    ready_queue: Callable[[], RequestQueue],
+) -> None:
+    @app.get(f"{prefix}/requests/{{request_id}}/status", tags=["fal queue"])
+    async def status(request_id: str, logs: str | None = None) -> Response:
+        entry = entry_or_404(request_id)
+        if isinstance(entry, JSONResponse):
+            return entry
+        body = ready_queue().status_body(entry, _truthy(logs))
+        return JSONResponse(body, headers={REQUEST_ID_HEADER: request_id})
+
+    @app.get(f"{prefix}/requests/{{request_id}}/status/stream", tags=["fal queue"])
+    async def status_stream(request_id: str, logs: str | None = None) -> Response:
+        entry = entry_or_404(request_id)
+        if isinstance(entry, JSONResponse):
+            return entry
+        return StreamingResponse(
+            _status_events(ready_queue(), entry, _truthy(logs)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", REQUEST_ID_HEADER: request_id},
+        )
+
+    @app.get(f"{prefix}/requests/{{request_id}}", tags=["fal queue"])
+    async def result(request_id: str) -> Response:
+        entry = entry_or_404(request_id)
+        if isinstance(entry, JSONResponse):
+            return entry
+        headers = {REQUEST_ID_HEADER: request_id}
+        if entry.status is not Status.COMPLETED:
+            return JSONResponse(
+                {"detail": "Request is still in progress.", "status": entry.status.value},
+                status_code=400,
+                headers=headers,
+            )
+        if entry.failed:
+            return JSONResponse(
+                entry.result,
+                status_code=entry.error_status or 500,
+                headers={**entry.error_headers, **headers},
+            )
+        return JSONResponse(entry.result, headers=headers)
+
+    @app.put(f"{prefix}/requests/{{request_id}}/cancel", tags=["fal queue"])
+    async def cancel(request_id: str) -> Response:
+        outcome = ready_queue().cancel(request_id)
+        codes = {
+            CancelOutcome.CANCELLATION_REQUESTED: 202,
+            CancelOutcome.ALREADY_COMPLETED: 400,
+            CancelOutcome.NOT_FOUND: 404,
+        }
+        return JSONResponse({"status": outcome.value}, status_code=codes[outcome])
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+async def _status_events(
+    queue: RequestQueue, entry: QueuedRequest, with_logs: bool
+) -> AsyncIterator[bytes]:
+    """Server-sent events: the status each time it changes, until COMPLETED.
+
+    As on fal, each event's ``logs`` holds only the lines that are new since the last event
+    (the JavaScript client accumulates them).
+    """
+    sent_logs = 0
+    last: dict | None = None
+    while True:
+        entry.changed.clear()
+        document = queue.status_body(entry, with_logs)
+        if with_logs:
+            logs = document["logs"]
+            document["logs"], sent_logs = logs[sent_logs:], len(logs)
+        if document != last or document.get("logs"):
+            yield f"data: {json.dumps(document)}\n\n".encode()
+            last = document
+        if entry.status is Status.COMPLETED:
+            return
+        try:
+            await asyncio.wait_for(entry.changed.wait(), timeout=15)
+        except TimeoutError:
+            yield b": keep-alive\n\n"
+
+
+def map_proxy_target(target: str) -> tuple[str, str] | None:
+    """fal's URL for this app → (local path, query); None for anything else.
+
+    ``https://fal.run/<app>`` → ``/<app>``; ``https://queue.fal.run/<app>/…`` → ``/queue/<app>/…``.
+    URLs this server returned itself (``…/queue/…``) map to themselves. The host is never used.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.path.startswith("/"):
+        return None
+    path = parts.path.rstrip("/")
+    if path.startswith("/queue/"):
+        queued, path = True, path[len("/queue") :]
+    else:
+        queued = (parts.hostname or "").startswith("queue.")
+    if path != f"/{APP_ID}" and not path.startswith(f"/{OWNER_ALIAS}/"):
+        return None
+    if ".." in path.split("/"):
+        return None
+    return ("/queue" + path if queued else path), parts.query
+
+
+class FalProxyMiddleware:
+    """fal's server-proxy convention: ``x-fal-target-url`` names the fal URL; serve it locally.
+
+    Nothing is fetched: the request is re-dispatched to this server's own route for that URL.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PROXY_PATH:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        target = headers.get(b"x-fal-target-url", b"").decode("latin-1")
+        mapped = map_proxy_target(target) if target else None
+        if mapped is None:
+            detail = (
+                f"x-fal-target-url {target!r} is not a URL of this app ({APP_ID})."
+                if target
+                else "The proxy needs the target URL in the x-fal-target-url header."
+            )
+            error = RequestFailed(400, "invalid_proxy_target", detail, retryable=False)
+            await JSONResponse(error.body(), status_code=400)(scope, receive, send)
+            return
+        path, query = mapped
+        scope = {
+            **scope,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode() or scope.get("query_string", b""),
+        }
+        await self.app(scope, receive, send)

@@ -1,0 +1,133 @@
+"""Webhook delivery for queued requests: fal's body, signed, retried, and guarded like fetches.
+
+Body (as fal sends it): ``{"request_id", "gateway_request_id", "status": "OK" | "ERROR",
+"payload": <the result, or the error body>, "error"?: <message>}``.
+
+Signature, when a secret is configured: ``X-Upscaler-Webhook-Signature: sha256=<hex>`` where
+hex = HMAC-SHA256(secret, f"{request_id}.{timestamp}.".encode() + raw_body), with the timestamp
+(Unix seconds) in ``X-Upscaler-Webhook-Timestamp``. Receivers recompute it over the raw body,
+compare in constant time and reject stale timestamps (see :func:`verify_signature`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from predictor.errors import UpscaleError
+from predictor.fetch import pinned_request
+
+log = logging.getLogger("predictor.webhooks")
+
+SIGNATURE_HEADER = "X-Upscaler-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Upscaler-Webhook-Timestamp"
+REQUEST_ID_HEADER = "X-Fal-Webhook-Request-Id"
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    secret: str | None = None
+    allow_private_urls: bool = False
+    attempts: int = 5
+    first_backoff_s: float = 1.0
+    timeout_s: float = 10.0
+
+
+def webhook_body(request_id: str, result: dict[str, Any], failed: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "gateway_request_id": request_id,
+        "status": "ERROR" if failed else "OK",
+        "payload": result,
+    }
+    if failed:
+        detail = result.get("detail")
+        body["error"] = detail if isinstance(detail, str) else "Invalid request"
+    return body
+
+
+def sign(secret: str, request_id: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{request_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(
+    secret: str,
+    headers: dict[str, str],
+    body: bytes,
+    max_age_s: float = 300.0,
+    now: float | None = None,
+) -> bool:
+    """What a receiver does: recompute, compare in constant time, refuse replays."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    try:
+        timestamp = int(lowered[TIMESTAMP_HEADER.lower()])
+        request_id = lowered[REQUEST_ID_HEADER.lower()]
+        signature = lowered[SIGNATURE_HEADER.lower()]
+    except (KeyError, ValueError):
+        return False
+    if abs((now or time.time()) - timestamp) > max_age_s:
+        return False
+    return hmac.compare_digest(signature, sign(secret, request_id, timestamp, body))
+
+
+async def deliver_webhook(
+    url: str,
+    request_id: str,
+    result: dict[str, Any],
+    failed: bool,
+    settings: WebhookSettings,
+) -> bool:
+    """POST the result to ``url``; retry with exponential backoff; True once it got a 2xx."""
+    body = json.dumps(webhook_body(request_id, result, failed), separators=(",", ":")).encode()
+    delay = settings.first_backoff_s
+    async with httpx.AsyncClient(
+        timeout=settings.timeout_s, follow_redirects=False, trust_env=False
+    ) as client:
+        for attempt in range(1, settings.attempts + 1):
+            timestamp = int(time.time())
+            headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            if settings.secret:
+                headers[SIGNATURE_HEADER] = sign(settings.secret, request_id, timestamp, body)
+            try:
+                request = await pinned_request(
+                    client,
+                    "POST",
+                    url,
+                    settings.allow_private_urls,
+                    headers,
+                    body,
+                    what="fal_webhook",
+                )
+            except UpscaleError as exc:  # refused address or bad URL: retrying cannot help
+                log.warning("webhook request_id=%s not sent: %s", request_id, exc)
+                return False
+            try:
+                response = await client.send(request)
+                outcome = f"HTTP {response.status_code}"
+                if response.is_success:
+                    log.info("webhook request_id=%s delivered attempt=%d", request_id, attempt)
+                    return True
+            except httpx.HTTPError as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "webhook request_id=%s attempt=%d/%d failed (%s)",
+                request_id,
+                attempt,
+                settings.attempts,
+                outcome,
+            )
+            if attempt < settings.attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
+    log.error("webhook request_id=%s gave up after %d attempts", request_id, settings.attempts)
+    return False
