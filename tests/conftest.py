@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -62,7 +63,7 @@ class ServerProcess:
     process: subprocess.Popen
     log_path: Path
     #: the CA file that signed an HTTPS server's certificate (httpx's ``verify``)
-    verify: str | bool = True
+    verify: ssl.SSLContext | bool = True
 
     def post(self, payload, timeout: float = 120, **kwargs) -> httpx.Response:
         return httpx.post(
@@ -115,7 +116,7 @@ def start_server(tmp_dir: Path, *flags: str, ca_file: Path | None = None) -> Ser
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     scheme = "https" if ca_file else "http"
-    verify = str(ca_file) if ca_file else True
+    verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     server = ServerProcess(f"{scheme}://127.0.0.1:{port}", process, log_path, verify)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
