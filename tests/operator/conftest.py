@@ -167,9 +167,12 @@ class Cluster:
         )
 
     def reconciles(self, outcome: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "upscaler_operator_reconciles_total", {"outcome": outcome}
-        ) or 0.0
+        return (
+            self.metrics.registry.get_sample_value(
+                "upscaler_operator_reconciles_total", {"outcome": outcome}
+            )
+            or 0.0
+        )
 
 
 def cr_path(namespace: str, name: str = "") -> str:
@@ -199,9 +202,7 @@ async def running_operator(*, pod_monitors: bool = False) -> AsyncIterator[Clust
     async with emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         # short watches: kmock ignores timeoutSeconds, so the client side ends them
-        config = OperatorConfig(
-            watch_timeout_s=5, retry_delay_s=1, monitoring_ttl_s=0.2, workers=4
-        )
+        config = OperatorConfig(watch_timeout_s=5, retry_delay_s=1, monitoring_ttl_s=0.2, workers=4)
         metrics = Metrics()
         reconciler = Reconciler(Kube.for_server(url), metrics, config)
 
