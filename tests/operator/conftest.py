@@ -191,7 +191,6 @@ def configmap_path(namespace: str, name: str) -> str:
 @asynccontextmanager
 async def running_operator(*, pod_monitors: bool = False) -> AsyncIterator[Cluster]:
     import kopf
-
     from upscaler_operator.config import OperatorConfig
     from upscaler_operator.handlers import build_registry
     from upscaler_operator.kube import Kube

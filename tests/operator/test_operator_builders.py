@@ -11,8 +11,6 @@ import json
 from typing import Any
 
 import pytest
-
-from tests.operator.conftest import load_examples, validation_errors
 from upscaler_operator.builders import (
     CATALOG_HASH_ANNOTATION,
     CATALOG_PATH,
@@ -28,6 +26,8 @@ from upscaler_operator.builders import (
     predictor_args,
 )
 from upscaler_operator.spec import parse_spec
+
+from tests.operator.conftest import load_examples, validation_errors
 
 OWNER = Owner(name="upscaler", namespace="team-a", uid="0b1c2d3e-0000-4000-8000-000000000001")
 OPTIONS = BuildOptions(predictor_image="registry.example.com/predictor:1", pod_monitor=True)

@@ -7,13 +7,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-
-from tests.operator.conftest import ROOT, load_examples, strict_schema, validation_errors
-from tests.operator.schema_tools import apply_defaults, cel_errors, compile_rule
 from upscaler_operator import spec as spec_module
 from upscaler_operator.crd import crd_text, load_crd, openapi_schema, spec_schema
 from upscaler_operator.spec import InvalidSpec, parse_spec
 from upscaler_operator.status import Outcome, build_status
+
+from tests.operator.conftest import ROOT, load_examples, strict_schema, validation_errors
+from tests.operator.schema_tools import apply_defaults, cel_errors, compile_rule
 
 
 def schema_nodes(schema: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
