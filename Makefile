@@ -8,7 +8,7 @@ PORT ?= 8080
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test: $(STAMP)  ## lint, then the whole pytest suite
 
 bench: $(STAMP)  ## print per-stage timings, server overhead and sr quality (docs/benchmarks.md)
 	$(PY) -m predictor.bench
+
+bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)
+	$(PY) -m predictor.bench_gpu
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
