@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -92,6 +93,27 @@ class BodyLimitMiddleware:
         )
 
 
+def describe(upscaler: Upscaler) -> dict[str, Any]:
+    """The deployment as a client sees it (no secrets): what runs, its limits and defaults."""
+    settings = upscaler.settings
+    return {
+        "app_id": APP_ID,
+        "model_name": settings.model_name,
+        "engine": upscaler.engine.metadata(),
+        "auth_required": bool(settings.api_keys),
+        "limits": {
+            "max_download_bytes": settings.fetch.max_bytes,
+            "max_input_pixels": settings.max_input_pixels,
+            "max_output_pixels": settings.max_output_pixels,
+            "max_inflight": settings.max_inflight,
+            "max_waiting": settings.max_waiting,
+            "request_timeout_s": settings.request_timeout_s,
+            "queue_result_ttl_s": settings.queue_result_ttl_s,
+        },
+        "defaults": {name: str(value) for name, value in settings.request_defaults.items()},
+    }
+
+
 def add_telemetry_middleware(app: FastAPI, get_upscaler: Callable[[], Upscaler | None]) -> None:
     """Count and time upscaling requests; add it after the body limit so it sees its 413s."""
     app.add_middleware(
@@ -129,6 +151,10 @@ def mount_fal_routes(
     )
     async def upscale(body: UpscaleRequest, request: Request) -> UpscaleResponse:
         return await ready_upscaler().upscale(body, str(request.base_url))
+
+    @app.get("/info", tags=["fal"], summary="What this deployment runs: engine, limits, auth")
+    async def info() -> dict[str, Any]:
+        return describe(ready_upscaler())
 
     @app.get("/files/{file_name}", tags=["fal"], summary="Download an output image")
     async def get_file(file_name: str) -> Response:

@@ -128,6 +128,15 @@ def test_health_routes(server) -> None:
     assert FAL in openapi["paths"]
 
 
+def test_info_describes_the_deployment(server) -> None:
+    info = httpx.get(f"{server.url}/info").json()
+    assert info["app_id"] == "fal-ai/chrono-edit-lora-gallery/upscaler"
+    assert info["engine"]["engine"] == "sr"
+    assert info["engine"]["supports_loras"] is False
+    assert info["auth_required"] is False
+    assert info["limits"]["max_inflight"] == 1
+
+
 def test_queue_full_and_health_while_busy(busy_server) -> None:
     """One job at a time and nobody waits: a second request gets 429 while health answers."""
     # 512² × 4 takes ~10 s on 2 cores, far past the 3 s request budget
