@@ -120,6 +120,22 @@ def run(config: OperatorConfig) -> None:
     )
 
 
+class _QuietRoutineLogs(logging.Filter):
+    """Drop kopf's per-event "succeeded" lines for the watch handlers, and access logs of probes.
+
+    Every InferenceService status change would otherwise log a line that says nothing; the
+    reconcile logs what it did, and failures still come through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        if record.name == "kopf.objects" and message.endswith("' succeeded."):
+            return not message.startswith(("Handler 'child-", "Handler 'deployment-event'"))
+        return record.name != "aiohttp.access"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.print_crd:
@@ -130,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietRoutineLogs())
     import kubernetes.config
 
     try:

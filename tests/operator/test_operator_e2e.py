@@ -32,7 +32,11 @@ from tests.operator.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="function")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="function"),
+    # kmock 0.8 reads its bundled resource list with a deprecated importlib call
+    pytest.mark.filterwarnings("ignore:read_binary is deprecated:DeprecationWarning"),
+]
 
 NS = "demo"
 NAME = "upscaler"
