@@ -40,10 +40,15 @@ def dashboard_expressions() -> list[str]:
 
 
 def exported_sample_names() -> set[str]:
-    """Every sample name the code exports (``_bucket``, ``_total`` and the like included)."""
-    from upscaler_operator import metrics as operator_metrics  # noqa: F401 - registers them
+    """Every series name the predictor and the operator export (``_bucket``, ``_total``, …)."""
+    from upscaler_operator.metrics import Metrics
 
-    return {sample.name for family in REGISTRY.collect() for sample in family.samples}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    names: set[str] = set()
+    for registry in (REGISTRY, Metrics().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return names
 
 
 def test_monitoring_rules_pass_promtool_check_and_unit_tests() -> None:
