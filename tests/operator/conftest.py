@@ -189,7 +189,10 @@ def configmap_path(namespace: str, name: str) -> str:
 
 
 @asynccontextmanager
-async def running_operator(*, pod_monitors: bool = False) -> AsyncIterator[Cluster]:
+async def running_operator(
+    *, pod_monitors: bool = False, existing: tuple[dict[str, Any], ...] = ()
+) -> AsyncIterator[Cluster]:
+    """kopf in this loop against a fresh emulator; ``existing`` CRs are there before it starts."""
     import kopf
     from upscaler_operator.config import OperatorConfig
     from upscaler_operator.handlers import build_registry
@@ -198,6 +201,9 @@ async def running_operator(*, pod_monitors: bool = False) -> AsyncIterator[Clust
     from upscaler_operator.reconcile import Reconciler
 
     emulator = new_emulator(pod_monitors)
+    for body in existing:  # as left by an earlier run of the operator (no kopf annotations)
+        meta = body["metadata"]
+        emulator.objects[CR_RESOURCE, meta["namespace"], meta["name"]] = copy.deepcopy(body)
     async with emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         # short watches: kmock ignores timeoutSeconds, so the client side ends them

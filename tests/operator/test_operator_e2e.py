@@ -105,6 +105,21 @@ async def test_operator_creates_owned_children_and_reports_not_ready() -> None:
         assert cluster.reconciles("ok") >= 1
 
 
+async def test_operator_resumes_deployments_that_exist_before_it_starts() -> None:
+    body = deployment("older")
+    body["metadata"].update(
+        uid="0f000000-0000-4000-8000-000000000001",
+        generation=3,
+        resourceVersion="7",
+        creationTimestamp="2026-11-01T00:00:00Z",
+    )
+    async with running_operator(existing=(body,)) as cluster:
+        isvc = await wait_until(lambda: cluster.get(ISVC_RESOURCE, NS, "older"), message="isvc")
+        assert isvc["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+        await wait_until(lambda: conditions(cluster, "older"), message="status")
+        assert cluster.get(CR_RESOURCE, NS, "older")["status"]["observedGeneration"] == 3
+
+
 async def test_operator_mirrors_inference_service_readiness_url_replicas_and_cost() -> None:
     async with running_operator() as cluster:
         await create(cluster, deployment(gpu={"count": 2}))
