@@ -73,9 +73,9 @@ def build_registry(
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    def reconcile_deployment(body: kopf.Body, **_: Any) -> None:
+    def reconcile_deployment(namespace: str, name: str, **_: Any) -> None:
         try:
-            reconciler.reconcile(body)
+            reconciler.reconcile(namespace, name)
         except (ReconcileFailed, KubeError) as exc:
             raise kopf.TemporaryError(str(exc), delay=config.retry_delay_s) from exc
 
@@ -100,7 +100,7 @@ def _child_handler(reconciler: Reconciler, reacts_to: frozenset[str]) -> Callabl
         if owner is None:
             return
         try:
-            reconciler.reconcile_named(*owner)
+            reconciler.reconcile(*owner)
         except (ReconcileFailed, KubeError) as exc:
             log.warning("deployment=%s/%s reconcile after a child change failed: %s", *owner, exc)
 

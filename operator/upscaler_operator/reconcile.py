@@ -122,18 +122,17 @@ class Reconciler:
             self._locks.pop((namespace, name), None)
         log.info("deployment=%s/%s deleted; cost series removed", namespace, name)
 
-    def reconcile_named(self, namespace: str, name: str) -> Result | None:
-        """Reconcile a deployment by name (a child changed); None if it is gone or going."""
-        body = self.kube.get(deployment_ref(namespace, name))
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None
-        return self.reconcile(body)
+    def reconcile(self, namespace: str, name: str) -> Result | None:
+        """Bring the children and the status in line with the spec; idempotent.
 
-    def reconcile(self, body: Mapping[str, Any]) -> Result:
-        """Bring the children and the status in line with the spec; idempotent."""
-        meta = body["metadata"]
-        started, outcome = time.monotonic(), "error"
-        with self._lock(meta["namespace"], meta["name"]):
+        Reads the deployment afresh under its lock: another reconcile (a child's event) may have
+        written the status since the caller's copy was taken. None if it is gone or going.
+        """
+        with self._lock(namespace, name):
+            body = self.kube.get(deployment_ref(namespace, name))
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            started, outcome = time.monotonic(), "error"
             try:
                 result = self._reconcile(body)
                 outcome = result.outcome

@@ -261,6 +261,25 @@ async def test_operator_reports_invalid_spec_without_retrying_and_keeps_running(
         )
 
 
+async def test_operator_retries_after_an_api_conflict() -> None:
+    async with running_operator() as cluster:
+        # someone else's ConfigMap has the catalog's name: the operator must not take it over
+        clash = {"metadata": {"name": f"{NAME}-loras", "namespace": NS}, "data": {"mine": "1"}}
+        await cluster.call("POST", f"/api/v1/namespaces/{NS}/configmaps", clash, status=201)
+        await create(cluster, deployment())
+        reconciled = conditions(cluster)["Reconciled"]
+        assert (reconciled["status"], reconciled["reason"]) == ("False", "ReconcileFailed")
+        assert "not managed by upscaler-operator" in reconciled["message"]
+        assert cluster.get(CONFIGMAP_RESOURCE, NS, f"{NAME}-loras")["data"] == {"mine": "1"}
+        # once it is gone, kopf's retry (after --retry-delay, 1 s here) builds everything
+        await cluster.call("DELETE", configmap_path(NS, f"{NAME}-loras"))
+        await wait_until(lambda: cluster.get(ISVC_RESOURCE, NS, NAME), message="isvc after retry")
+        await wait_until(
+            lambda: conditions(cluster)["Reconciled"]["status"] == "True", message="reconciled"
+        )
+        assert cluster.reconciles("error") >= 1
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

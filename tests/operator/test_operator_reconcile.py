@@ -97,21 +97,24 @@ def reconciler(kube: FakeKube, **config: Any) -> Reconciler:
     return Reconciler(kube, Metrics(), OperatorConfig(**config))  # type: ignore[arg-type]
 
 
-def with_status(kube: FakeKube, body: dict[str, Any]) -> dict[str, Any]:
-    return {**body, "status": kube.objects.get(CR, {}).get("status")}
+def run(operator: Reconciler, kube: FakeKube, body: dict[str, Any]) -> Any:
+    """Store the deployment (keeping its status) as the API would, then reconcile it."""
+    status = kube.objects.get(CR, {}).get("status")
+    kube.objects[CR] = {**copy.deepcopy(body), **({"status": status} if status else {})}
+    return operator.reconcile("ns", "up")
 
 
 def test_operator_reconcile_is_idempotent() -> None:
     kube = FakeKube()
     operator = reconciler(kube)
     body = deployment()
-    assert operator.reconcile(body).outcome == "ok"
+    assert run(operator, kube, body).outcome == "ok"
     assert [w for w in kube.writes if not w[1].endswith("/status")] == [
         ("POST", CATALOG),
         ("POST", ISVC),
     ]
     kube.writes.clear()
-    operator.reconcile(with_status(kube, body))
+    run(operator, kube, body)
     assert kube.writes == []  # nothing changed: no child patch, no status write
     assert (
         operator.metrics.registry.get_sample_value(
@@ -124,9 +127,9 @@ def test_operator_reconcile_is_idempotent() -> None:
 def test_operator_reconcile_patches_only_what_changed() -> None:
     kube = FakeKube()
     operator = reconciler(kube)
-    operator.reconcile(deployment())
+    run(operator, kube, deployment())
     kube.writes.clear()
-    operator.reconcile(with_status(kube, deployment(scaling={"maxReplicas": 3})))
+    run(operator, kube, deployment(scaling={"maxReplicas": 3}))
     assert ("PATCH", ISVC) in kube.writes and ("PATCH", CATALOG) not in kube.writes
     assert kube.objects[ISVC]["spec"]["predictor"]["maxReplicas"] == 3
     assert kube.objects[ISVC]["metadata"]["uid"] == "uid-2"  # the same object, patched
@@ -137,7 +140,7 @@ def test_operator_reconcile_refuses_to_take_over_an_unmanaged_object() -> None:
     kube.objects[CATALOG] = {"metadata": {"name": "up-loras", "labels": {"team": "a"}}, "data": {}}
     operator = reconciler(kube)
     with pytest.raises(ReconcileFailed, match="not managed by upscaler-operator"):
-        operator.reconcile(deployment())
+        run(operator, kube, deployment())
     assert kube.objects[CATALOG]["data"] == {}  # left alone
     reconciled = {c["type"]: c for c in kube.objects[CR]["status"]["conditions"]}["Reconciled"]
     assert (reconciled["status"], reconciled["reason"]) == ("False", "ReconcileFailed")
@@ -155,23 +158,23 @@ def test_operator_reconcile_reports_api_errors_and_raises_for_a_retry() -> None:
     kube.failures[("POST", ISVC)] = KubeError(403, "Forbidden", "cannot create inferenceservices")
     operator = reconciler(kube)
     with pytest.raises(ReconcileFailed, match="403 Forbidden"):
-        operator.reconcile(deployment())
+        run(operator, kube, deployment())
     ready = {c["type"]: c for c in kube.objects[CR]["status"]["conditions"]}["Ready"]
     assert ready["reason"] == "ReconcileFailed" and "cannot create" in ready["message"]
     del kube.failures[("POST", ISVC)]
-    assert operator.reconcile(with_status(kube, deployment())).outcome == "ok"
+    assert run(operator, kube, deployment()).outcome == "ok"
 
 
 def test_operator_invalid_spec_leaves_children_and_keeps_reporting_the_service() -> None:
     kube = FakeKube()
     operator = reconciler(kube)
-    operator.reconcile(deployment())
+    run(operator, kube, deployment())
     kube.objects[ISVC]["status"] = {
         "url": "http://up",
         "conditions": [{"type": "Ready", "status": "True"}],
     }
     kube.writes.clear()
-    result = operator.reconcile(with_status(kube, deployment(engine="gpu")))
+    result = run(operator, kube, deployment(engine="gpu"))
     assert result.outcome == "invalid"
     assert [w for w in kube.writes if not w[1].endswith("/status")] == []
     status = kube.objects[CR]["status"]
@@ -184,10 +187,10 @@ def test_operator_invalid_spec_leaves_children_and_keeps_reporting_the_service()
 def test_operator_pod_monitor_follows_discovery_with_a_cache() -> None:
     kube = FakeKube(podmonitors=True)
     operator = reconciler(kube, monitoring_ttl_s=3600)
-    operator.reconcile(deployment())
+    run(operator, kube, deployment())
     monitor = "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors/up-predictor"
     assert monitor in kube.objects
-    operator.reconcile(with_status(kube, deployment()))
+    run(operator, kube, deployment())
     assert kube.discoveries == 1
 
 
@@ -239,3 +242,13 @@ def test_operator_owner_of_a_child() -> None:
     }  # fmt: skip
     assert owner_of(child) == ("ns", "up")
     assert owner_of({"metadata": {"namespace": "ns"}}) is None
+
+
+def test_operator_reconcile_skips_deployments_gone_or_being_deleted() -> None:
+    kube = FakeKube()
+    operator = reconciler(kube)
+    assert operator.reconcile("ns", "up") is None
+    going = deployment()
+    going["metadata"]["deletionTimestamp"] = "2026-11-25T00:00:00Z"
+    assert run(operator, kube, going) is None
+    assert kube.writes == []
