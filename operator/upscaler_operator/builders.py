@@ -44,6 +44,9 @@ DEPLOYMENT_MODES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
+#: Knative fails a revision not ready within its progress deadline (10 min by default)
+PROGRESS_DEADLINE_ANNOTATION = "serving.knative.dev/progress-deadline"
+PROGRESS_DEADLINE_MARGIN_S = 300
 CATALOG_HASH_ANNOTATION = f"{GROUP}/lora-catalog-hash"
 #: the hash of what the operator last applied; a child whose hash differs is patched
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
@@ -354,8 +357,12 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
     if not serverless:
         annotations[AUTOSCALER_CLASS_ANNOTATION] = "hpa"
     pod_annotations = {CATALOG_HASH_ANNOTATION: content_hash(catalog_json(spec))}
-    if serverless and scaling.scale_to_zero_grace_period:
-        pod_annotations[RETENTION_ANNOTATION] = scaling.scale_to_zero_grace_period
+    if serverless:
+        period, failures = STARTUP_PROBE[spec.engine]
+        deadline = period * failures + PROGRESS_DEADLINE_MARGIN_S
+        pod_annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
+        if scaling.scale_to_zero_grace_period:
+            pod_annotations[RETENTION_ANNOTATION] = scaling.scale_to_zero_grace_period
     predictor: dict[str, Any] = {
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,

@@ -14,6 +14,7 @@ import pytest
 from upscaler_operator.builders import (
     CATALOG_HASH_ANNOTATION,
     CATALOG_PATH,
+    PROGRESS_DEADLINE_ANNOTATION,
     RETENTION_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     BuildOptions,
@@ -272,6 +273,13 @@ def test_operator_sr_runs_on_cpu_without_gpu_or_storage() -> None:
 def test_operator_serverless_retention_and_catalog_hash_annotations() -> None:
     predictor = build(VARIANTS["chronoedit-serverless-loras"])["spec"]["predictor"]
     assert predictor["annotations"][RETENTION_ANNOTATION] == "10m"
+    # Knative would fail the revision before a 14B model finishes its startup probe
+    startup = predictor["containers"][0]["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    deadline = predictor["annotations"][PROGRESS_DEADLINE_ANNOTATION]
+    assert int(deadline.removesuffix("s")) > budget
+    raw = build(VARIANTS["chronoedit-raw-everything"])["spec"]["predictor"]["annotations"]
+    assert PROGRESS_DEADLINE_ANNOTATION not in raw and RETENTION_ANNOTATION not in raw
     assert predictor["scaleTarget"] == 2
     without = build(CHRONOEDIT)["spec"]["predictor"]["annotations"]
     assert without[CATALOG_HASH_ANNOTATION] != predictor["annotations"][CATALOG_HASH_ANNOTATION]
