@@ -65,7 +65,9 @@ def resolve_local_dir(spec: str | Path) -> Path:
                 f"{spec!r} is neither a directory nor a repository in the local Hugging Face "
                 f"cache ({type(exc).__name__}); download it first or mount it"
             ) from None
-    raise FileNotFoundError(f"model directory {str(spec)!r} does not exist")
+    if path.exists():
+        raise FileNotFoundError(f"{str(spec)!r} is a file, not a directory")
+    raise FileNotFoundError(f"{str(spec)!r} does not exist")
 
 
 def find_upscaler_lora(model_dir: Path, explicit: str | Path | None = None) -> Path:
