@@ -189,6 +189,52 @@ def build_parser() -> argparse.ArgumentParser:
         default=Settings.webhook_backoff_s,
         help="seconds before the first webhook retry (doubling after each)",
     )
+    shared = serve.add_argument_group("many replicas (shared queue and outputs)")
+    shared.add_argument(
+        "--redis-url",
+        default=os.environ.get("UPSCALER_REDIS_URL"),
+        help="share the queue between replicas through this Redis, e.g. redis://redis:6379/0 "
+        "(env UPSCALER_REDIS_URL); default: in process",
+    )
+    shared.add_argument(
+        "--redis-prefix",
+        default=Settings.redis_prefix,
+        help="key prefix: one per deployment sharing a Redis",
+    )
+    shared.add_argument(
+        "--max-queued",
+        type=int,
+        default=Settings.max_queued,
+        help="requests waiting in the shared queue before submits get 429",
+    )
+    shared.add_argument(
+        "--queue-lease",
+        type=float,
+        default=Settings.queue_lease_s,
+        help="seconds without renewal before a dead replica's request is run elsewhere",
+    )
+    shared.add_argument(
+        "--queue-max-attempts",
+        type=int,
+        default=Settings.queue_max_attempts,
+        help="runs of one request (replicas dying under it) before it fails",
+    )
+    shared.add_argument(
+        "--output-store",
+        default=Settings.output_store,
+        help="where sync_mode=false outputs live: memory, redis (with --redis-url) or "
+        "s3://bucket/prefix",
+    )
+    shared.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3-compatible endpoint (MinIO, Ceph, R2); env AWS_ENDPOINT_URL",
+    )
+    shared.add_argument(
+        "--s3-public-url",
+        default=None,
+        help="public base URL of the bucket (else outputs get presigned URLs)",
+    )
     security = serve.add_argument_group("security")
     security.add_argument(
         "--keys-file",
@@ -267,9 +313,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         webhook_attempts=max(1, args.webhook_attempts),
         webhook_backoff_s=_non_negative(args.webhook_backoff, "--webhook-backoff"),
         api_keys=load_keys(args.keys_file),
+        redis_url=args.redis_url or None,
+        redis_prefix=args.redis_prefix,
+        max_queued=max(1, args.max_queued),
+        queue_lease_s=max(1.0, args.queue_lease),
+        queue_max_attempts=max(1, args.queue_max_attempts),
+        output_store=_output_store(args),
+        s3_endpoint_url=args.s3_endpoint_url or None,
+        s3_public_url=args.s3_public_url,
         tls_cert=args.tls_cert,
         tls_key=_tls_key(args),
     )
+
+
+def _output_store(args: argparse.Namespace) -> str:
+    store = args.output_store
+    if store not in ("memory", "redis") and not store.startswith("s3://"):
+        raise SystemExit(
+            f"chrono-upscaler serve: error: --output-store {store!r}: "
+            "expected memory, redis or s3://bucket/prefix"
+        )
+    if store == "redis" and not args.redis_url:
+        raise SystemExit("chrono-upscaler serve: error: --output-store redis needs --redis-url")
+    return store
 
 
 def _tls_key(args: argparse.Namespace) -> str | None:

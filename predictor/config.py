@@ -49,6 +49,19 @@ class Settings:
     request_defaults: dict[str, Any] = field(default_factory=dict)
     #: queued requests' results are kept this long after they finish, then 404
     queue_result_ttl_s: float = 3600.0
+    #: share the queue (and optionally outputs) between replicas through this Redis
+    redis_url: str | None = None
+    redis_prefix: str = "chrono-upscaler"
+    #: requests that may wait in a shared (Redis) queue before submits get 429
+    max_queued: int = 1000
+    #: a replica renews its claim on a running request this often ÷ 3; a dead one's lapses
+    queue_lease_s: float = 30.0
+    #: runs of one request (a replica dying mid-request costs one) before it fails
+    queue_max_attempts: int = 3
+    #: outputs: "memory", "redis" (needs redis_url) or "s3://bucket/prefix"
+    output_store: str = "memory"
+    s3_endpoint_url: str | None = None
+    s3_public_url: str | None = None
     #: webhook delivery: HMAC secret, attempts and first backoff (doubling)
     webhook_secret: str | None = None
     webhook_attempts: int = 5

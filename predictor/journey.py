@@ -148,13 +148,13 @@ def process_image(
 
 
 def deliver(encoded: Encoded, sync_mode: bool, store: OutputStore, base_url: str) -> ImageOut:
-    """``sync_mode``: a data: URI; otherwise a URL under ``/files/`` on this server."""
+    """``sync_mode``: a data: URI; otherwise a URL from the output store (``/files/`` here)."""
     if sync_mode:
         file_name = f"{uuid.uuid4().hex}.{encoded.extension}"
         url = f"data:{encoded.content_type};base64,{base64.b64encode(encoded.data).decode()}"
     else:
         file_name = store.put(encoded.data, encoded.content_type, encoded.extension)
-        url = f"{base_url.rstrip('/')}/files/{file_name}"
+        url = store.url(file_name, base_url)
     return ImageOut(
         url=url,
         width=encoded.width,
@@ -292,7 +292,8 @@ class Upscaler:
             f"{encoded.width}×{encoded.height} in {processed.timings['inference']:.2f} s; "
             f"{encoded.extension} {len(encoded.data):,} bytes"
         )
-        image = deliver(
+        image = await asyncio.to_thread(  # a shared store's upload must not block the loop
+            deliver,
             processed.encoded,
             request.sync_mode,
             self.store,

@@ -12,11 +12,11 @@ from typing import Any
 from kserve import Model
 from kserve.errors import InvalidInput
 
+from predictor.backends import open_output_store, open_queue
 from predictor.config import Settings
 from predictor.engines import load_engine
 from predictor.journey import Upscaler, parse_request
-from predictor.queue import QueuedRequest, RequestQueue
-from predictor.store import MemoryOutputStore
+from predictor.queue import Outcome, QueueBackend
 from predictor.webhooks import WebhookSettings, deliver_webhook
 
 log = logging.getLogger("predictor.model")
@@ -36,16 +36,14 @@ class UpscalerModel(Model):
         super().__init__(settings.model_name)
         self.settings = settings
         self.upscaler: Upscaler | None = None
-        self.queue: RequestQueue | None = None
+        self.queue: QueueBackend | None = None
 
     def load(self) -> bool:
         log.info("loading engine=%s options=%s", self.settings.engine, self.settings.engine_options)
         engine = load_engine(self.settings.engine, **self.settings.engine_options)
-        store = MemoryOutputStore(self.settings.output_store_bytes, self.settings.output_ttl_s)
+        store = open_output_store(self.settings)
         self.upscaler = Upscaler(engine, self.settings, store)
-        self.queue = RequestQueue(
-            self.upscaler, self.settings.queue_result_ttl_s, on_finished=self._send_webhook
-        )
+        self.queue = open_queue(self.upscaler, self.settings, on_finished=self._send_webhook)
         self.ready = True
         log.info("engine %s ready", engine.name)
         return self.ready
@@ -53,18 +51,20 @@ class UpscalerModel(Model):
     def ready_upscaler(self) -> Upscaler | None:
         return self.upscaler if self.ready else None
 
-    def ready_queue(self) -> RequestQueue | None:
+    def ready_queue(self) -> QueueBackend | None:
         return self.queue if self.ready else None
 
-    async def _send_webhook(self, entry: QueuedRequest) -> None:
-        if entry.webhook_url is None or entry.result is None:
+    async def _send_webhook(
+        self, request_id: str, webhook_url: str | None, outcome: Outcome
+    ) -> None:
+        if webhook_url is None:
             return
         settings = self.settings
         await deliver_webhook(
-            entry.webhook_url,
-            entry.request_id,
-            entry.result,
-            entry.failed,
+            webhook_url,
+            request_id,
+            outcome.body,
+            outcome.failed,
             WebhookSettings(
                 secret=settings.webhook_secret,
                 allow_private_urls=settings.fetch.allow_private_urls,

@@ -1,8 +1,9 @@
-"""fal's queue protocol, in process: submit now, poll status and logs, fetch the result, cancel.
+"""fal's queue protocol: submit now, poll status and logs, fetch the result, cancel.
 
-A queued request runs through the same journey, admission check and worker pool as a sync one
-(so overload behaves the same on both); it is an asyncio task of its own, started in a fresh
-context so that it is timed and counted as its own request when it finishes. Finished requests
+:class:`QueueBackend` is the interface the routes speak; :class:`LocalQueue` keeps requests in
+this process (one replica, ``make run``) and :class:`predictor.redis_queue.RedisQueue` shares them
+between replicas. Either way a request runs through the same journey and worker pool as a sync
+one (:func:`run_job`), timed and counted as its own request when it finishes. Finished requests
 are kept for ``result_ttl_s``, then forgotten (404).
 """
 
@@ -13,6 +14,7 @@ import contextvars
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from typing import Any
 
 from predictor.errors import UpscaleError, internal_error
 from predictor.journey import JobObserver, Upscaler, check_supported
-from predictor.schema import UpscaleRequest
+from predictor.schema import APP_ID, UpscaleRequest
 from predictor.telemetry import RequestRecord
 from predictor.workers import Admission
 
@@ -29,6 +31,11 @@ log = logging.getLogger("predictor.queue")
 
 #: how many log lines one request keeps (a 4× tiled render reports many steps)
 MAX_LOGS = 500
+OWNER_ALIAS = "/".join(APP_ID.split("/")[:2])  # fal-ai/chrono-edit-lora-gallery
+CANCELLED = {
+    "detail": "The request was cancelled before it finished.",
+    "error_type": "request_cancelled",
+}
 
 
 class Status(StrEnum):
@@ -43,231 +50,320 @@ class CancelOutcome(StrEnum):
     NOT_FOUND = "NOT_FOUND"
 
 
-def _timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def log_line(message: str, level: str = "INFO") -> dict[str, str]:
+    timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"message": message, "level": level, "timestamp": timestamp}
 
 
-@dataclass
-class QueuedRequest:
-    """One submitted request: its state, logs and, once finished, its answer."""
+def queue_urls(base_url: str, request_id: str) -> dict[str, str]:
+    """Where a request is polled: fal's short form (the app's owner and alias)."""
+    base = f"{base_url.rstrip('/')}/queue/{OWNER_ALIAS}/requests/{request_id}"
+    return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
-    request_id: str
-    request: UpscaleRequest
-    base_url: str
-    webhook_url: str | None = None
-    submitted: float = field(default_factory=time.monotonic)
-    status: Status = Status.IN_QUEUE
-    logs: list[dict[str, str]] = field(default_factory=list)
-    #: the answer: a fal response body, or an error body with its HTTP status
-    result: dict[str, Any] | None = None
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a request ended: a fal response body, or an error body with its HTTP status."""
+
+    body: dict[str, Any]
     error_status: int | None = None
     error_headers: dict[str, str] = field(default_factory=dict)
     inference_time: float | None = None
-    finished_at: float | None = None
-    cancel_requested: bool = False
-    task: asyncio.Task | None = None
-    #: set whenever status or logs change (the SSE stream waits on it)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add_log(self, message: str, level: str = "INFO") -> None:
-        with self._lock:
-            if len(self.logs) < MAX_LOGS:
-                self.logs.append({"message": message, "level": level, "timestamp": _timestamp()})
 
     @property
     def failed(self) -> bool:
         return self.error_status is not None
 
-
-class _Observer(JobObserver):
-    """Turns the journey's events into the request's status and fal-style log lines.
-
-    Its methods run on the engine's worker thread; ``changed`` is set on the event loop.
-    """
-
-    def __init__(self, entry: QueuedRequest, loop: asyncio.AbstractEventLoop) -> None:
-        self.entry = entry
-        self.loop = loop
-
-    def _changed(self) -> None:
-        self.loop.call_soon_threadsafe(self.entry.changed.set)
-
-    def started(self) -> None:
-        self.entry.status = Status.IN_PROGRESS
-        self.entry.add_log("started on an engine worker")
-        self._changed()
-
-    def progress(self, done: int, total: int, unit: str) -> None:
-        self.entry.add_log(f"{unit} {done}/{total}")
-        self._changed()
-
-    def log(self, message: str) -> None:
-        self.entry.add_log(message)
-        self._changed()
+    @classmethod
+    def from_error(cls, exc: UpscaleError, inference_time: float | None = None) -> Outcome:
+        return cls(exc.body(), exc.status_code, exc.headers(), inference_time)
 
 
-class RequestQueue:
-    """The queue of one server: submitted requests by id, each an asyncio task."""
+CANCELLED_OUTCOME = Outcome(CANCELLED, 400, {"X-Fal-Error-Type": "request_cancelled"})
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A request as the status and result routes see it."""
+
+    request_id: str
+    status: Status
+    base_url: str
+    position: int | None = None
+    logs: list[dict[str, str]] = field(default_factory=list)
+    outcome: Outcome | None = None
+
+    def status_document(self, with_logs: bool) -> dict[str, Any]:
+        """The document fal's clients parse."""
+        urls = queue_urls(self.base_url, self.request_id)
+        body: dict[str, Any] = {
+            "status": self.status.value,
+            "request_id": self.request_id,
+            "response_url": urls["response_url"],
+            "status_url": urls["status_url"],
+        }
+        if self.status is Status.IN_QUEUE:
+            body["queue_position"] = self.position or 0
+        body["logs"] = list(self.logs) if with_logs else None
+        if self.status is Status.COMPLETED and self.outcome is not None:
+            inference = self.outcome.inference_time
+            body["metrics"] = {"inference_time": inference} if inference else {}
+            if self.outcome.failed:
+                body["error"] = _first_message(self.outcome.body.get("detail"))
+                body["error_type"] = self.outcome.body.get("error_type")
+        return body
+
+
+class QueueBackend(ABC):
+    """Where queued requests live and who runs them."""
 
     def __init__(
         self,
         upscaler: Upscaler,
-        result_ttl_s: float = 3600.0,
-        on_finished: Callable[[QueuedRequest], Awaitable[None]] | None = None,
+        result_ttl_s: float,
+        on_finished: Callable[[str, str | None, Outcome], Awaitable[None]] | None = None,
     ) -> None:
         self.upscaler = upscaler
         self.result_ttl_s = result_ttl_s
+        #: ``on_finished(request_id, webhook_url, outcome)``: webhooks
         self.on_finished = on_finished
-        self._requests: dict[str, QueuedRequest] = {}
         self._background: set[asyncio.Task] = set()
 
-    def submit(
-        self,
-        request_id: str,
-        request: UpscaleRequest,
-        base_url: str,
-        webhook_url: str | None = None,
-    ) -> QueuedRequest:
-        """Accept a request (or raise the same 429 a sync request would get)."""
-        self.forget_expired()
+    @abstractmethod
+    async def submit(
+        self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
+    ) -> QueueState:
+        """Accept a request, or raise 429 when the queue is full (400 for what cannot run)."""
+
+    @abstractmethod
+    async def state(self, request_id: str) -> QueueState | None:
+        """The request now, or None when unknown or expired."""
+
+    @abstractmethod
+    async def cancel(self, request_id: str) -> CancelOutcome: ...
+
+    def change_marker(self, request_id: str) -> Any:
+        """Taken before reading a state; :meth:`wait_changed` returns at once if it is stale."""
+        return None
+
+    @abstractmethod
+    async def wait_changed(self, request_id: str, marker: Any, timeout: float) -> bool:
+        """Return True when the request may have changed since ``marker``, False on timeout."""
+
+    async def start(self) -> None:  # noqa: B027 - backends with consumers override it
+        """Start consuming (inside the serving event loop)."""
+
+    async def stop(self) -> None:  # noqa: B027
+        """Stop consuming; hand running work back where the backend can."""
+
+    def _finished(self, request_id: str, webhook_url: str | None, outcome: Outcome) -> None:
+        if self.on_finished is None:
+            return
+        task = asyncio.create_task(self.on_finished(request_id, webhook_url, outcome))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def run_job(
+    upscaler: Upscaler,
+    request_id: str,
+    request: UpscaleRequest,
+    base_url: str,
+    observer: JobObserver,
+    admission: Admission | None = None,
+) -> Outcome:
+    """Run a queued request through the journey; its record is its own (counted once, here).
+
+    Cancellation (``asyncio.CancelledError``) propagates: the caller decides what it means.
+    """
+    record = RequestRecord(request_id=request_id, route="queue")
+    try:
+        response = await upscaler.upscale(
+            request, base_url, record=record, observer=observer, admission=admission
+        )
+        return Outcome(
+            response.model_dump(mode="json"), inference_time=record.timings.get("inference")
+        )
+    except UpscaleError as exc:
+        return Outcome.from_error(exc, record.timings.get("inference"))
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the journey turns these into UpscaleError already; belt and braces
+        log.exception("queued request %s failed", request_id)
+        return Outcome.from_error(internal_error())
+
+
+def outcome_log(outcome: Outcome) -> dict[str, str]:
+    if outcome.failed:
+        return log_line(f"failed: {outcome.body.get('error_type')}", "ERROR")
+    return log_line("completed")
+
+
+@dataclass
+class _Entry:
+    """One request of a :class:`LocalQueue`."""
+
+    request_id: str
+    request: UpscaleRequest
+    base_url: str
+    webhook_url: str | None
+    submitted: float = field(default_factory=time.monotonic)
+    status: Status = Status.IN_QUEUE
+    logs: list[dict[str, str]] = field(default_factory=list)
+    outcome: Outcome | None = None
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    task: asyncio.Task | None = None
+    #: set (and replaced by a fresh one) whenever status or logs change; SSE streams wait on it
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_log(self, line: dict[str, str]) -> None:
+        with self._lock:
+            if len(self.logs) < MAX_LOGS:
+                self.logs.append(line)
+
+    def notify(self) -> None:
+        """Wake every waiter (on the event loop's thread)."""
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+class _LocalObserver(JobObserver):
+    """The journey's events as the entry's status and log lines (called on the worker thread)."""
+
+    def __init__(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> None:
+        self.entry = entry
+        self.loop = loop
+
+    def _add(self, message: str) -> None:
+        self.entry.add_log(log_line(message))
+        self.loop.call_soon_threadsafe(self.entry.notify)
+
+    def started(self) -> None:
+        self.entry.status = Status.IN_PROGRESS
+        self._add("started on an engine worker")
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        self._add(f"{unit} {done}/{total}")
+
+    def log(self, message: str) -> None:
+        self._add(message)
+
+
+class LocalQueue(QueueBackend):
+    """Requests in this process: each an asyncio task waiting in the shared worker pool.
+
+    Admission is the pool's own, so a submit is refused exactly when a sync request would be.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._entries: dict[str, _Entry] = {}
+
+    async def submit(
+        self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
+    ) -> QueueState:
+        self._forget_expired()
         check_supported(request, self.upscaler.engine)
         admission = self.upscaler.pool.admit()
-        entry = QueuedRequest(request_id, request, base_url, webhook_url)
-        entry.add_log("queued")
-        self._requests[request_id] = entry
+        entry = _Entry(request_id, request, base_url, webhook_url)
+        entry.add_log(log_line("queued"))
+        self._entries[request_id] = entry
         # a fresh context: the submit's HTTP record must not become this job's record
         entry.task = asyncio.get_running_loop().create_task(
             self._run(entry, admission), context=contextvars.Context()
         )
         # a task cancelled before its first step never runs _run's own clean-up
         entry.task.add_done_callback(lambda _: self._cancelled_before_start(entry, admission))
-        return entry
+        return self._state(entry)
 
-    def get(self, request_id: str) -> QueuedRequest | None:
-        self.forget_expired()
-        return self._requests.get(request_id)
+    async def state(self, request_id: str) -> QueueState | None:
+        self._forget_expired()
+        entry = self._entries.get(request_id)
+        return self._state(entry) if entry is not None else None
 
-    def position(self, entry: QueuedRequest) -> int:
-        """0-based place among requests still waiting, as fal reports it."""
-        return sum(
-            1
-            for other in self._requests.values()
-            if other.status is Status.IN_QUEUE and other.submitted < entry.submitted
+    def _state(self, entry: _Entry) -> QueueState:
+        position = None
+        if entry.status is Status.IN_QUEUE:
+            position = sum(
+                1
+                for other in self._entries.values()
+                if other.status is Status.IN_QUEUE and other.submitted < entry.submitted
+            )
+        with entry._lock:
+            logs = list(entry.logs)
+        return QueueState(
+            entry.request_id, entry.status, entry.base_url, position, logs, entry.outcome
         )
 
-    def cancel(self, request_id: str) -> CancelOutcome:
-        entry = self.get(request_id)
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        entry = self._entries.get(request_id)
         if entry is None:
             return CancelOutcome.NOT_FOUND
         if entry.status is Status.COMPLETED:
             return CancelOutcome.ALREADY_COMPLETED
         if not entry.cancel_requested:
             entry.cancel_requested = True
-            entry.add_log("cancellation requested", "WARNING")
+            entry.add_log(log_line("cancellation requested", "WARNING"))
+            entry.notify()
             assert entry.task is not None
             entry.task.cancel()  # a waiting job leaves the queue; a running one stops next step
         return CancelOutcome.CANCELLATION_REQUESTED
 
-    def forget_expired(self) -> None:
-        now = time.monotonic()
-        for request_id, entry in list(self._requests.items()):
-            if entry.finished_at is not None and now - entry.finished_at > self.result_ttl_s:
-                del self._requests[request_id]
+    def change_marker(self, request_id: str) -> asyncio.Event | None:
+        entry = self._entries.get(request_id)
+        return entry.changed if entry is not None else None
 
-    async def _run(self, entry: QueuedRequest, admission: Admission) -> None:
-        record = RequestRecord(request_id=entry.request_id, route="queue")
-        observer = _Observer(entry, asyncio.get_running_loop())
+    async def wait_changed(self, request_id: str, marker: Any, timeout: float) -> bool:
+        if not isinstance(marker, asyncio.Event):
+            return True
         try:
-            response = await self.upscaler.upscale(
+            await asyncio.wait_for(marker.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        for entry in self._entries.values():
+            if entry.task is not None and not entry.task.done():
+                entry.task.cancel()
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        for request_id, entry in list(self._entries.items()):
+            if entry.finished_at is not None and now - entry.finished_at > self.result_ttl_s:
+                del self._entries[request_id]
+
+    async def _run(self, entry: _Entry, admission: Admission) -> None:
+        observer = _LocalObserver(entry, asyncio.get_running_loop())
+        try:
+            outcome = await run_job(
+                self.upscaler,
+                entry.request_id,
                 entry.request,
                 entry.base_url,
-                record=record,
-                observer=observer,
-                admission=admission,
+                observer,
+                admission,
             )
-            entry.result = response.model_dump(mode="json")
-        except UpscaleError as exc:
-            self._fail(entry, exc)
         except asyncio.CancelledError:
-            self._mark_cancelled(entry)
-        except Exception:  # the journey turns these into UpscaleError already; belt and braces
-            log.exception("queued request %s failed", entry.request_id)
-            self._fail(entry, internal_error())
-        entry.inference_time = record.timings.get("inference")
-        self._complete(entry)
+            outcome = CANCELLED_OUTCOME
+        self._complete(entry, outcome)
 
-    def _cancelled_before_start(self, entry: QueuedRequest, admission: Admission) -> None:
+    def _cancelled_before_start(self, entry: _Entry, admission: Admission) -> None:
         if entry.status is Status.COMPLETED:
             return
         admission.release()
         self.upscaler.telemetry.finish(RequestRecord(entry.request_id, route="queue"), 499)
-        self._mark_cancelled(entry)
-        self._complete(entry)
+        self._complete(entry, CANCELLED_OUTCOME)
 
-    @staticmethod
-    def _mark_cancelled(entry: QueuedRequest) -> None:
-        entry.result = {
-            "detail": "The request was cancelled before it finished.",
-            "error_type": "request_cancelled",
-        }
-        entry.error_status = 400
-
-    def _complete(self, entry: QueuedRequest) -> None:
+    def _complete(self, entry: _Entry, outcome: Outcome) -> None:
+        entry.outcome = outcome
         entry.finished_at = time.monotonic()
         entry.status = Status.COMPLETED
-        entry.add_log(
-            "completed" if not entry.failed else f"failed: {entry.result.get('error_type')}",
-            "INFO" if not entry.failed else "ERROR",
-        )
-        entry.changed.set()
-        if self.on_finished is not None:
-            task = asyncio.create_task(self.on_finished(entry))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    @staticmethod
-    def _fail(entry: QueuedRequest, exc: UpscaleError) -> None:
-        entry.result = exc.body()
-        entry.error_status = exc.status_code
-        entry.error_headers = exc.headers()
-
-    def status_body(self, entry: QueuedRequest, with_logs: bool) -> dict[str, Any]:
-        """The status document fal's clients parse."""
-        urls = self.urls(entry)
-        body: dict[str, Any] = {"status": entry.status.value, "request_id": entry.request_id}
-        body.update(response_url=urls["response_url"], status_url=urls["status_url"])
-        if entry.status is Status.IN_QUEUE:
-            body["queue_position"] = self.position(entry)
-        body["logs"] = list(entry.logs) if with_logs else None
-        if entry.status is Status.COMPLETED:
-            body["metrics"] = (
-                {"inference_time": entry.inference_time} if entry.inference_time else {}
-            )
-            if entry.failed:
-                assert entry.result is not None
-                detail = entry.result.get("detail")
-                body["error"] = detail if isinstance(detail, str) else _first_message(detail)
-                body["error_type"] = entry.result.get("error_type")
-        return body
-
-    @staticmethod
-    def urls(entry: QueuedRequest) -> dict[str, str]:
-        """Where the request can be polled: fal's short form (app owner and alias)."""
-        from predictor.schema import APP_ID
-
-        owner_alias = "/".join(APP_ID.split("/")[:2])
-        base = f"{entry.base_url.rstrip('/')}/queue/{owner_alias}/requests/{entry.request_id}"
-        return {
-            "response_url": base,
-            "status_url": f"{base}/status",
-            "cancel_url": f"{base}/cancel",
-        }
-
-    async def shutdown(self) -> None:
-        for entry in self._requests.values():
-            if entry.task is not None and not entry.task.done():
-                entry.task.cancel()
+        entry.add_log(outcome_log(outcome))
+        entry.notify()
+        self._finished(entry.request_id, entry.webhook_url, outcome)
 
 
 def _first_message(detail: Any) -> str:

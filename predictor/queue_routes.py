@@ -6,7 +6,6 @@ fal's clients address a request by the app's owner and alias only
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
@@ -18,11 +17,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from predictor.errors import RequestFailed, ValidationFailed, not_ready
 from predictor.journey import apply_defaults, public_error
-from predictor.queue import CancelOutcome, QueuedRequest, RequestQueue, Status
+from predictor.queue import OWNER_ALIAS, CancelOutcome, QueueBackend, Status, queue_urls
 from predictor.schema import APP_ID, UpscaleRequest
 from predictor.telemetry import REQUEST_ID_HEADER, current_record
 
-OWNER_ALIAS = "/".join(APP_ID.split("/")[:2])  # fal-ai/chrono-edit-lora-gallery
 QUEUE_SUBMIT_PATH = f"/queue/{APP_ID}"
 PROXY_PATH = "/api/fal/proxy"
 _WEBHOOK_URL = TypeAdapter(AnyHttpUrl)
@@ -36,17 +34,13 @@ def not_found(request_id: str) -> JSONResponse:
 
 
 def mount_queue_routes(
-    app: FastAPI, get_queue: Callable[[], RequestQueue | None], public_url: str | None
+    app: FastAPI, get_queue: Callable[[], QueueBackend | None], public_url: str | None
 ) -> None:
-    def ready_queue() -> RequestQueue:
+    def ready_queue() -> QueueBackend:
         queue = get_queue()
         if queue is None:
             raise not_ready()
         return queue
-
-    def entry_or_404(request_id: str) -> QueuedRequest | JSONResponse:
-        entry = ready_queue().get(request_id)
-        return entry if entry is not None else not_found(request_id)
 
     @app.post(
         QUEUE_SUBMIT_PATH,
@@ -71,70 +65,68 @@ def mount_queue_routes(
         assert record is not None, "the telemetry middleware opens a record for submits"
         base_url = public_url or str(request.base_url)
         body = apply_defaults(body, queue.upscaler.settings)
-        entry = queue.submit(record.request_id, body, base_url, fal_webhook)
+        state = await queue.submit(record.request_id, body, base_url, fal_webhook)
         record.handed_off = True  # counted when the job finishes, not now
         return JSONResponse(
             {
-                "status": Status.IN_QUEUE.value,
-                "request_id": entry.request_id,
-                "gateway_request_id": entry.request_id,
-                **queue.urls(entry),
-                "queue_position": queue.position(entry),
+                "status": state.status.value,
+                "request_id": state.request_id,
+                "gateway_request_id": state.request_id,
+                **queue_urls(base_url, state.request_id),
+                "queue_position": state.position or 0,
             }
         )
 
     for prefix in {f"/queue/{OWNER_ALIAS}", f"/queue/{APP_ID}"}:
-        _mount_request_routes(app, prefix, entry_or_404, ready_queue)
+        _mount_request_routes(app, prefix, ready_queue)
 
 
 def _mount_request_routes(
-    app: FastAPI,
-    prefix: str,
-    entry_or_404: Callable[[str], QueuedRequest | JSONResponse],
-    ready_queue: Callable[[], RequestQueue],
+    app: FastAPI, prefix: str, ready_queue: Callable[[], QueueBackend]
 ) -> None:
     @app.get(f"{prefix}/requests/{{request_id}}/status", tags=["fal queue"])
     async def status(request_id: str, logs: str | None = None) -> Response:
-        entry = entry_or_404(request_id)
-        if isinstance(entry, JSONResponse):
-            return entry
-        body = ready_queue().status_body(entry, _truthy(logs))
-        return JSONResponse(body, headers={REQUEST_ID_HEADER: request_id})
+        state = await ready_queue().state(request_id)
+        if state is None:
+            return not_found(request_id)
+        document = state.status_document(_truthy(logs))
+        return JSONResponse(document, headers={REQUEST_ID_HEADER: request_id})
 
     @app.get(f"{prefix}/requests/{{request_id}}/status/stream", tags=["fal queue"])
     async def status_stream(request_id: str, logs: str | None = None) -> Response:
-        entry = entry_or_404(request_id)
-        if isinstance(entry, JSONResponse):
-            return entry
+        queue = ready_queue()
+        if await queue.state(request_id) is None:
+            return not_found(request_id)
         return StreamingResponse(
-            _status_events(ready_queue(), entry, _truthy(logs)),
+            _status_events(queue, request_id, _truthy(logs)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", REQUEST_ID_HEADER: request_id},
         )
 
     @app.get(f"{prefix}/requests/{{request_id}}", tags=["fal queue"])
     async def result(request_id: str) -> Response:
-        entry = entry_or_404(request_id)
-        if isinstance(entry, JSONResponse):
-            return entry
+        state = await ready_queue().state(request_id)
+        if state is None:
+            return not_found(request_id)
         headers = {REQUEST_ID_HEADER: request_id}
-        if entry.status is not Status.COMPLETED:
+        outcome = state.outcome
+        if state.status is not Status.COMPLETED or outcome is None:
             return JSONResponse(
-                {"detail": "Request is still in progress.", "status": entry.status.value},
+                {"detail": "Request is still in progress.", "status": state.status.value},
                 status_code=400,
                 headers=headers,
             )
-        if entry.failed:
+        if outcome.failed:
             return JSONResponse(
-                entry.result,
-                status_code=entry.error_status or 500,
-                headers={**entry.error_headers, **headers},
+                outcome.body,
+                status_code=outcome.error_status or 500,
+                headers={**outcome.error_headers, **headers},
             )
-        return JSONResponse(entry.result, headers=headers)
+        return JSONResponse(outcome.body, headers=headers)
 
     @app.put(f"{prefix}/requests/{{request_id}}/cancel", tags=["fal queue"])
     async def cancel(request_id: str) -> Response:
-        outcome = ready_queue().cancel(request_id)
+        outcome = await ready_queue().cancel(request_id)
         codes = {
             CancelOutcome.CANCELLATION_REQUESTED: 202,
             CancelOutcome.ALREADY_COMPLETED: 400,
@@ -148,7 +140,7 @@ def _truthy(value: str | None) -> bool:
 
 
 async def _status_events(
-    queue: RequestQueue, entry: QueuedRequest, with_logs: bool
+    queue: QueueBackend, request_id: str, with_logs: bool
 ) -> AsyncIterator[bytes]:
     """Server-sent events: the status each time it changes, until COMPLETED.
 
@@ -158,19 +150,20 @@ async def _status_events(
     sent_logs = 0
     last: dict | None = None
     while True:
-        entry.changed.clear()
-        document = queue.status_body(entry, with_logs)
+        marker = queue.change_marker(request_id)
+        state = await queue.state(request_id)
+        if state is None:  # expired meanwhile
+            return
+        document = state.status_document(with_logs)
         if with_logs:
             logs = document["logs"]
             document["logs"], sent_logs = logs[sent_logs:], len(logs)
         if document != last or document.get("logs"):
             yield f"data: {json.dumps(document)}\n\n".encode()
             last = document
-        if entry.status is Status.COMPLETED:
+        if state.status is Status.COMPLETED:
             return
-        try:
-            await asyncio.wait_for(entry.changed.wait(), timeout=15)
-        except TimeoutError:
+        if not await queue.wait_changed(request_id, marker, 15):
             yield b": keep-alive\n\n"
 
 

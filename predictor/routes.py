@@ -5,6 +5,7 @@ Protocol translation happens here once; the journey below sees only validated re
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +102,8 @@ def describe(upscaler: Upscaler) -> dict[str, Any]:
         "model_name": settings.model_name,
         "engine": upscaler.engine.metadata(),
         "auth_required": bool(settings.api_keys),
+        # the device's hourly price (--gpu-hourly-usd), for cost per image; None when unset
+        "gpu_hourly_usd": settings.gpu_hourly_usd or None,
         "limits": {
             "max_download_bytes": settings.fetch.max_bytes,
             "max_input_pixels": settings.max_input_pixels,
@@ -158,7 +161,7 @@ def mount_fal_routes(
 
     @app.get("/files/{file_name}", tags=["fal"], summary="Download an output image")
     async def get_file(file_name: str) -> Response:
-        stored = ready_upscaler().store.get(file_name)
+        stored = await asyncio.to_thread(ready_upscaler().store.get, file_name)
         if stored is None:
             return JSONResponse(
                 {"detail": f"File {file_name!r} does not exist or has expired."}, status_code=404

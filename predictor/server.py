@@ -11,6 +11,8 @@ from kserve.model_server import app as kserve_app
 from predictor.auth import KeyAuthMiddleware
 from predictor.config import Settings
 from predictor.model import UpscalerModel
+from predictor.playground import mount_playground
+from predictor.queue import QueueBackend
 from predictor.queue_routes import FalProxyMiddleware, mount_queue_routes
 from predictor.routes import add_telemetry_middleware, mount_fal_routes
 from predictor.telemetry import configure_request_log
@@ -19,21 +21,33 @@ log = logging.getLogger("predictor.server")
 
 
 class BoundModelServer(ModelServer):
-    """KServe's ModelServer always binds 0.0.0.0; this one binds the host it is given."""
+    """KServe's ModelServer, binding the host it is given (KServe's binds 0.0.0.0), serving TLS
+    from our flags, and running the queue's consumers inside its event loop."""
 
     def __init__(
-        self, host: str, tls_cert: str | None = None, tls_key: str | None = None, **kwargs
+        self,
+        host: str,
+        tls: tuple[str | None, str | None] = (None, None),
+        queue: QueueBackend | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.host = host
-        self.tls = (tls_cert, tls_key)
+        self.tls = tls
+        self.queue = queue
 
     async def _serve(self) -> None:
         if self._rest_server is not None:
             config = self._rest_server.config
             config.host = self.host
             config.ssl_certfile, config.ssl_keyfile = self.tls  # uvicorn loads them at start
-        await super()._serve()
+        if self.queue is not None:
+            await self.queue.start()
+        try:
+            await super()._serve()  # returns once uvicorn has drained in-flight HTTP requests
+        finally:
+            if self.queue is not None:  # a shared queue gets its running requests back
+                await self.queue.stop()
 
 
 def serve(settings: Settings) -> None:
@@ -44,6 +58,7 @@ def serve(settings: Settings) -> None:
     model.load()
     mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)
     mount_queue_routes(kserve_app, model.ready_queue, settings.public_url)
+    mount_playground(kserve_app)  # the page at /playground, and at / for browsers
     # added after the fal routes' middleware, so these wrap it: keys are checked inside the
     # telemetry (a 401 is counted) and the proxy rewrites paths before anything else sees them
     if settings.api_keys:
@@ -51,8 +66,9 @@ def serve(settings: Settings) -> None:
     add_telemetry_middleware(kserve_app, model.ready_upscaler)
     kserve_app.add_middleware(FalProxyMiddleware)
     log.info(
-        "serving %s on http://%s:%d (fal route /%s, KServe v1 /v1/models/%s:predict)",
+        "serving %s on %s://%s:%d (fal route /%s, KServe v1 /v1/models/%s:predict)",
         settings.engine,
+        "https" if settings.tls_cert else "http",
         settings.host,
         settings.port,
         "fal-ai/chrono-edit-lora-gallery/upscaler",
@@ -60,8 +76,8 @@ def serve(settings: Settings) -> None:
     )
     server = BoundModelServer(
         settings.host,
-        settings.tls_cert,
-        settings.tls_key,
+        (settings.tls_cert, settings.tls_key),
+        model.queue,
         http_port=settings.port,
         enable_grpc=False,
         workers=1,

@@ -1,7 +1,9 @@
 """Where ``sync_mode: false`` outputs live until the client downloads them.
 
-An interface (so a shared Redis/S3 store can replace it for many replicas) and the in-process
-default: size-bounded (oldest evicted first) and time-bounded (expired entries are 404).
+An interface with three implementations: in process (the default: size-bounded, oldest evicted
+first, and time-bounded), Redis (:mod:`predictor.store_redis`) and S3-compatible object storage
+(:mod:`predictor.store_s3`), so that with many replicas any of them, or the bucket itself,
+serves a result.
 """
 
 from __future__ import annotations
@@ -23,10 +25,22 @@ class StoredFile:
 
 class OutputStore(Protocol):
     def put(self, data: bytes, content_type: str, extension: str) -> str:
-        """Keep ``data``; return its file name (``<id>.<extension>``)."""
+        """Keep ``data``; return its file name (``<id>.<extension>``). May block (run off-loop)."""
 
     def get(self, file_name: str) -> StoredFile | None:
-        """The file, or None when unknown or expired."""
+        """The file, or None when unknown or expired (served at ``/files/<name>``)."""
+
+    def url(self, file_name: str, base_url: str) -> str:
+        """Where a client downloads ``file_name``; ``base_url`` is this server's."""
+
+
+def new_file_name(extension: str) -> str:
+    """An unguessable name: 128 random bits, URL-safe."""
+    return f"{secrets.token_urlsafe(16)}.{extension}"
+
+
+def files_url(file_name: str, base_url: str) -> str:
+    return f"{base_url.rstrip('/')}/files/{file_name}"
 
 
 class MemoryOutputStore:
@@ -47,7 +61,7 @@ class MemoryOutputStore:
     def put(self, data: bytes, content_type: str, extension: str) -> str:
         if len(data) > self.max_bytes:
             raise ValueError(f"output of {len(data)} bytes exceeds the store's {self.max_bytes}")
-        name = f"{secrets.token_urlsafe(16)}.{extension}"
+        name = new_file_name(extension)
         with self._lock:
             self._expire()
             while self._bytes + len(data) > self.max_bytes:
@@ -61,6 +75,9 @@ class MemoryOutputStore:
         with self._lock:
             self._expire()
             return self._files.get(file_name)
+
+    def url(self, file_name: str, base_url: str) -> str:
+        return files_url(file_name, base_url)
 
     def _expire(self) -> None:
         now = self._clock()

@@ -91,6 +91,15 @@ class WorkerPool:
             self._slots = asyncio.Semaphore(self.max_inflight)
         return self._slots
 
+    @property
+    def mean_job_s(self) -> float:
+        """Recent jobs' mean duration (an exponential average)."""
+        return self._mean_job_s
+
+    def idle_slots(self) -> int:
+        """Workers that would start a new job at once (none are waited for)."""
+        return self.max_inflight - self.inflight - self.waiting
+
     def retry_after_s(self) -> float:
         """Rough time until a new request would start: the queue ahead, at the recent job time."""
         return self._mean_job_s * (self.waiting / self.max_inflight + 1)

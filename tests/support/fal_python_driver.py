@@ -67,7 +67,10 @@ def subscribe(arguments: dict) -> dict:
 def cancel(arguments: dict) -> dict:
     """A long job runs; a second waits behind it. Cancel the waiting one, then the running one."""
     running = fal_client.submit(APP, arguments=arguments["long"])
-    while not isinstance(running.status(), fal_client.InProgress):
+    while not any(  # running, and past its first tile
+        line["message"].startswith("tile ")
+        for line in getattr(running.status(with_logs=True), "logs", None) or []
+    ):
         time.sleep(0.05)
     waiting = fal_client.submit(APP, arguments=arguments["short"])
     waiting_before = waiting.status()

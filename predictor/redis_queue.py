@@ -1,0 +1,508 @@
+"""The queue shared by every replica, on Redis: any replica accepts, answers and works it.
+
+Layout under ``<prefix>`` (one Redis, not a cluster: scripts touch keys they compute):
+
+* ``<prefix>:waiting`` — a list of request ids; submits push on the left, claims pop on the right
+  (first in, first out; a request handed back goes to the right, so it runs next). Its length is
+  what KEDA scales on.
+* ``<prefix>:running`` — a sorted set: request id → lease deadline (ms, Redis's own clock).
+* ``<prefix>:job:<id>`` — a hash: request, base_url, webhook_url, status, attempts, consumer,
+  outcome (JSON once completed), cancel flag. ``<prefix>:logs:<id>`` — its log lines.
+
+Every state change is one Lua script, so it is atomic: a replica claims a request and starts its
+lease in one step, renews it while the job runs, and completes it only if it still holds it. A
+replica that dies stops renewing; any replica's reaper puts its request back (or, after
+``max_attempts`` runs, completes it with an error). Cancel works from any replica: a waiting
+request is completed at once, a running one is flagged and its runner stops at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+
+from predictor.errors import RequestFailed, queue_full
+from predictor.journey import JobObserver, check_supported
+from predictor.queue import (
+    CANCELLED_OUTCOME,
+    MAX_LOGS,
+    CancelOutcome,
+    Outcome,
+    QueueBackend,
+    QueueState,
+    Status,
+    log_line,
+    outcome_log,
+    run_job,
+)
+from predictor.schema import UpscaleRequest
+from predictor.telemetry import RequestRecord
+from predictor.workers import Admission
+
+log = logging.getLogger("predictor.redis_queue")
+
+#: how often an idle replica looks for work, and an SSE stream for changes (seconds)
+POLL_S = 0.1
+
+_NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)"
+
+SUBMIT = """
+local waiting = redis.call('LLEN', KEYS[1])
+if waiting >= tonumber(ARGV[5]) then return -1 end
+redis.call('HSET', KEYS[2], 'request', ARGV[2], 'base_url', ARGV[3], 'webhook_url', ARGV[4],
+           'status', 'IN_QUEUE', 'attempts', 0, 'consumer', '', 'cancel', '0')
+redis.call('RPUSH', KEYS[3], ARGV[6])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+return waiting
+"""
+
+CLAIM = (
+    _NOW_MS
+    + """
+local id = redis.call('RPOP', KEYS[1])
+if not id then return false end
+local job = ARGV[1] .. ':job:' .. id
+if redis.call('HGET', job, 'status') ~= 'IN_QUEUE' then return false end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+redis.call('HSET', job, 'status', 'IN_PROGRESS', 'consumer', ARGV[2])
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+return {id, redis.call('HGET', job, 'request'), redis.call('HGET', job, 'base_url'),
+        redis.call('HGET', job, 'webhook_url'), attempts}
+"""
+)
+
+RENEW = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
+   or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return -1 end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
+if redis.call('HGET', KEYS[2], 'cancel') == '1' then return 2 end
+return 1
+"""
+)
+
+COMPLETE = """
+if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
+   or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 1
+"""
+
+RELEASE = """
+if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
+   or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'IN_QUEUE', 'consumer', '')
+redis.call('HINCRBY', KEYS[2], 'attempts', -1)
+redis.call('RPUSH', KEYS[4], ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return 1
+"""
+
+CANCEL = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'NOT_FOUND' end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'COMPLETED' then return 'ALREADY_COMPLETED' end
+if status == 'IN_QUEUE' then
+  redis.call('LREM', KEYS[1], 0, ARGV[1])
+  redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[2])
+  redis.call('RPUSH', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  return 'CANCELLED_WAITING'
+end
+if redis.call('HGET', KEYS[2], 'cancel') ~= '1' then
+  redis.call('HSET', KEYS[2], 'cancel', '1')
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+end
+return 'CANCELLATION_REQUESTED'
+"""
+
+REAP = (
+    _NOW_MS
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local ended = {}
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  local job = ARGV[1] .. ':job:' .. id
+  local logs = ARGV[1] .. ':logs:' .. id
+  if redis.call('HGET', job, 'status') == 'IN_PROGRESS' then
+    local give_up = tonumber(redis.call('HGET', job, 'attempts')) >= tonumber(ARGV[2])
+    if redis.call('HGET', job, 'cancel') == '1' or give_up then
+      local outcome = ARGV[3]
+      if redis.call('HGET', job, 'cancel') == '1' then outcome = ARGV[4] end
+      redis.call('HSET', job, 'status', 'COMPLETED', 'outcome', outcome, 'consumer', '')
+      redis.call('RPUSH', logs, ARGV[6])
+      redis.call('EXPIRE', job, ARGV[7])
+      redis.call('EXPIRE', logs, ARGV[7])
+      table.insert(ended, id)
+    else
+      redis.call('HSET', job, 'status', 'IN_QUEUE', 'consumer', '')
+      redis.call('RPUSH', logs, ARGV[5])
+      redis.call('RPUSH', KEYS[2], id)
+    end
+  end
+end
+return ended
+"""
+)
+
+
+def _dump(outcome: Outcome) -> str:
+    return json.dumps(
+        {
+            "body": outcome.body,
+            "error_status": outcome.error_status,
+            "error_headers": outcome.error_headers,
+            "inference_time": outcome.inference_time,
+        }
+    )
+
+
+def _load(text: str) -> Outcome:
+    data = json.loads(text)
+    return Outcome(
+        data["body"], data["error_status"], data["error_headers"], data["inference_time"]
+    )
+
+
+def runner_lost(attempts: int) -> RequestFailed:
+    return RequestFailed(
+        500,
+        "runner_disconnected",
+        f"The request was started {attempts} times on replicas that stopped before finishing "
+        "it; it was not retried again.",
+    )
+
+
+@dataclass
+class _Claimed:
+    request_id: str
+    request: UpscaleRequest
+    base_url: str
+    webhook_url: str | None
+    attempts: int
+
+
+class _RedisObserver(JobObserver):
+    """Log lines from the worker thread, appended in order by one task on the event loop."""
+
+    def __init__(self, queue: RedisQueue, request_id: str, loop: asyncio.AbstractEventLoop):
+        self.queue = queue
+        self.request_id = request_id
+        self.loop = loop
+        self.lines: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
+        self.sent = 0
+
+    def _add(self, message: str) -> None:
+        self.loop.call_soon_threadsafe(self.lines.put_nowait, log_line(message))
+
+    def started(self) -> None:
+        self._add("started on an engine worker")
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        self._add(f"{unit} {done}/{total}")
+
+    def log(self, message: str) -> None:
+        self._add(message)
+
+    async def pump(self) -> None:
+        while (line := await self.lines.get()) is not None:
+            if self.sent < MAX_LOGS:
+                self.sent += 1
+                await self.queue.redis.rpush(
+                    self.queue.key("logs", self.request_id), json.dumps(line)
+                )
+
+    async def close(self) -> None:
+        self.lines.put_nowait(None)
+
+
+class RedisQueue(QueueBackend):
+    def __init__(
+        self,
+        *args: Any,
+        redis_url: str,
+        prefix: str,
+        max_queued: int = 1000,
+        lease_s: float = 30.0,
+        max_attempts: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.prefix = prefix
+        self.max_queued = max_queued
+        self.lease_ms = int(lease_s * 1000)
+        self.max_attempts = max_attempts
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.waiting_key = f"{prefix}:waiting"
+        self.running_key = f"{prefix}:running"
+        self._scripts = {
+            name: self.redis.register_script(source)
+            for name, source in (
+                ("submit", SUBMIT),
+                ("claim", CLAIM),
+                ("renew", RENEW),
+                ("complete", COMPLETE),
+                ("release", RELEASE),
+                ("cancel", CANCEL),
+                ("reap", REAP),
+            )
+        }
+        self._tasks: list[asyncio.Task] = []
+        self._running: dict[str, asyncio.Task] = {}
+        self._stopping = False
+
+    def key(self, kind: str, request_id: str) -> str:
+        return f"{self.prefix}:{kind}:{request_id}"
+
+    @property
+    def ttl_s(self) -> int:
+        return max(1, round(self.result_ttl_s))
+
+    async def submit(
+        self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
+    ) -> QueueState:
+        check_supported(request, self.upscaler.engine)
+        ahead = await self._scripts["submit"](
+            keys=[self.waiting_key, self.key("job", request_id), self.key("logs", request_id)],
+            args=[
+                request_id,
+                request.model_dump_json(),
+                base_url,
+                webhook_url or "",
+                self.max_queued,
+                json.dumps(log_line("queued")),
+            ],
+        )
+        if ahead < 0:
+            pool = self.upscaler.pool
+            raise queue_full(pool.mean_job_s * self.max_queued / pool.max_inflight)
+        logs = [log_line("queued")]
+        return QueueState(request_id, Status.IN_QUEUE, base_url, int(ahead), logs)
+
+    async def state(self, request_id: str) -> QueueState | None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.key("job", request_id))
+            pipe.lrange(self.key("logs", request_id), 0, -1)
+            pipe.llen(self.waiting_key)
+            pipe.lpos(self.waiting_key, request_id)
+            job, logs, waiting, index = await pipe.execute()
+        if not job:
+            return None
+        status = Status(job["status"])
+        position = waiting - 1 - index if status is Status.IN_QUEUE and index is not None else None
+        outcome = _load(job["outcome"]) if job.get("outcome") else None
+        lines = [json.loads(line) for line in logs]
+        return QueueState(request_id, status, job["base_url"], position, lines, outcome)
+
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        answer = await self._scripts["cancel"](
+            keys=[self.waiting_key, self.key("job", request_id), self.key("logs", request_id)],
+            args=[
+                request_id,
+                _dump(CANCELLED_OUTCOME),
+                json.dumps(log_line("cancellation requested", "WARNING")),
+                json.dumps(outcome_log(CANCELLED_OUTCOME)),
+                self.ttl_s,
+            ],
+        )
+        if answer == "CANCELLED_WAITING":  # it never ran: this replica answers for it
+            self.upscaler.telemetry.finish(RequestRecord(request_id, route="queue"), 499)
+            webhook = await self.redis.hget(self.key("job", request_id), "webhook_url")
+            self._finished(request_id, webhook or None, CANCELLED_OUTCOME)
+            return CancelOutcome.CANCELLATION_REQUESTED
+        return CancelOutcome(answer)
+
+    async def wait_changed(self, request_id: str, marker: Any, timeout: float) -> bool:
+        await asyncio.sleep(min(timeout, POLL_S * 2))
+        return True
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._reap())]
+        log.info(
+            "shared queue on redis prefix=%s consumer=%s lease_s=%.0f",
+            self.prefix,
+            self.consumer,
+            self.lease_ms / 1000,
+        )
+
+    async def stop(self) -> None:
+        """Stop claiming; hand the requests running here back to the queue, for other replicas."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for request_id in list(self._running):
+            handed_back = await self._scripts["release"](
+                keys=[
+                    self.running_key,
+                    self.key("job", request_id),
+                    self.waiting_key,
+                    self.key("logs", request_id),
+                ],
+                args=[
+                    request_id,
+                    self.consumer,
+                    json.dumps(log_line("handed back: the replica running it is stopping")),
+                ],
+            )
+            log.info("request_id=%s handed back to the queue=%s", request_id, bool(handed_back))
+        for task in self._running.values():
+            task.cancel()
+
+    async def _consume(self) -> None:
+        """Claim a request whenever an engine worker here is idle (sync traffic shares them)."""
+        pool = self.upscaler.pool
+        while not self._stopping:
+            if pool.idle_slots() <= 0:
+                await asyncio.sleep(POLL_S)
+                continue
+            admission = pool.admit()
+            try:
+                claimed = await self._claim()
+            except Exception:
+                admission.release()
+                log.exception("claiming from redis failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            if claimed is None:
+                admission.release()
+                await asyncio.sleep(POLL_S)
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._run(claimed, admission), context=contextvars.Context()
+            )
+            self._running[claimed.request_id] = task
+            task.add_done_callback(lambda _, rid=claimed.request_id: self._running.pop(rid, None))
+
+    async def _claim(self) -> _Claimed | None:
+        found = await self._scripts["claim"](
+            keys=[self.waiting_key, self.running_key],
+            args=[self.prefix, self.consumer, self.lease_ms],
+        )
+        if not found:
+            return None
+        request_id, request, base_url, webhook_url, attempts = found
+        return _Claimed(
+            request_id,
+            UpscaleRequest.model_validate_json(request),
+            base_url,
+            webhook_url or None,
+            int(attempts),
+        )
+
+    async def _run(self, job: _Claimed, admission: Admission) -> None:
+        loop = asyncio.get_running_loop()
+        observer = _RedisObserver(self, job.request_id, loop)
+        pump = asyncio.create_task(observer.pump())
+        if job.attempts > 1:
+            observer.log(f"attempt {job.attempts} of {self.max_attempts}")
+        runner = asyncio.current_task()
+        assert runner is not None
+        verdict: dict[str, str] = {}
+        renewer = asyncio.create_task(self._renew(job.request_id, runner, verdict))
+        try:
+            outcome = await run_job(
+                self.upscaler, job.request_id, job.request, job.base_url, observer, admission
+            )
+        except asyncio.CancelledError:
+            if verdict.get("why") != "cancel":  # lease lost, or this replica is stopping
+                return
+            outcome = CANCELLED_OUTCOME
+        finally:
+            renewer.cancel()
+            await observer.close()
+            with contextlib.suppress(Exception):
+                await pump
+        applied = await self._scripts["complete"](
+            keys=[
+                self.running_key,
+                self.key("job", job.request_id),
+                self.key("logs", job.request_id),
+            ],
+            args=[
+                job.request_id,
+                self.consumer,
+                _dump(outcome),
+                json.dumps(outcome_log(outcome)),
+                self.ttl_s,
+            ],
+        )
+        if applied:
+            self._finished(job.request_id, job.webhook_url, outcome)
+        else:
+            log.warning("request_id=%s finished here after its lease was lost", job.request_id)
+
+    async def _renew(self, request_id: str, runner: asyncio.Task, verdict: dict) -> None:
+        """Keep the lease; stop the runner when the request is cancelled or the lease lost."""
+        interval = min(1.0, self.lease_ms / 3000)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                answer = await self._scripts["renew"](
+                    keys=[self.running_key, self.key("job", request_id)],
+                    args=[request_id, self.consumer, self.lease_ms],
+                )
+            except Exception:
+                log.exception("renewing the lease of request_id=%s failed", request_id)
+                continue
+            if answer == 1:
+                continue
+            verdict["why"] = "cancel" if answer == 2 else "lost"
+            if answer != 2:
+                log.warning("request_id=%s: lease lost; stopping here", request_id)
+            runner.cancel()
+            return
+
+    async def _reap(self) -> None:
+        """Put requests of replicas that stopped renewing back in the queue (or fail them)."""
+        interval = max(0.2, self.lease_ms / 3000)
+        lost = Outcome.from_error(runner_lost(self.max_attempts))
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                ended = await self._scripts["reap"](
+                    keys=[self.running_key, self.waiting_key],
+                    args=[
+                        self.prefix,
+                        self.max_attempts,
+                        _dump(lost),
+                        _dump(CANCELLED_OUTCOME),
+                        json.dumps(log_line("requeued: the replica running it stopped", "WARNING")),
+                        json.dumps(log_line("failed: its replicas stopped", "ERROR")),
+                        self.ttl_s,
+                    ],
+                )
+            except Exception:
+                log.exception("reaping expired leases failed; retrying")
+                continue
+            for request_id in ended:
+                state = await self.state(request_id)
+                if state is None or state.outcome is None:
+                    continue
+                error_type = state.outcome.body.get("error_type")
+                cancelled = error_type == CANCELLED_OUTCOME.body["error_type"]
+                status = 499 if cancelled else state.outcome.error_status or 500
+                self.upscaler.telemetry.finish(
+                    RequestRecord(request_id, route="queue"), status, error_type
+                )
+                webhook = await self.redis.hget(self.key("job", request_id), "webhook_url")
+                self._finished(request_id, webhook or None, state.outcome)
