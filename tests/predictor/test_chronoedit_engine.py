@@ -297,8 +297,11 @@ def test_compiled_transformer_is_warm_and_never_recompiles_a_bucket(
         for fields in ({}, {"lora_scale": 0.3}, {"guidance_scale": 3.0}, {"seed": 9})
     ]
     assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
-    eager = engine.upscale(source, _job(32, 32))
-    assert np.abs(_pixels(results[0]) - _pixels(eager)).max() <= 2
+    # and the graph reads the LoRA scale set in place: compiled matches eager at each scale
+    for result, scale in ((results[0], 1.0), (results[1], 0.3)):
+        eager = engine.upscale(source, _job(32, 32, lora_scale=scale))
+        assert np.abs(_pixels(result) - _pixels(eager)).max() <= 2
+    assert np.abs(_pixels(results[0]) - _pixels(results[1])).max() > 2
     compiled.upscale(photo_crop(24, 16), _job(48, 32))  # tiled into 32×32 passes: same bucket
     assert counters["stats"]["unique_graphs"] == graphs
     compiled.upscale(source, _job(32, 16))  # a single pass of another shape compiles once
