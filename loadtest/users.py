@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,7 +117,7 @@ def error_status(error: BaseException | None) -> str:
     """A client-side failure as a status: ``timeout`` or ``connection_error``."""
     seen = error
     while seen is not None:
-        if isinstance(seen, TimeoutError | socket.timeout) or "timed out" in str(seen).lower():
+        if isinstance(seen, TimeoutError) or "timed out" in str(seen).lower():
             return TIMEOUT
         if type(seen).__name__ == "Timeout":  # gevent.Timeout, without importing gevent here
             return TIMEOUT
