@@ -116,8 +116,9 @@ def small(**fields) -> dict:
     return {"image_url": data_uri(encode(photo_crop(48, 32))), **fields}
 
 
-def long() -> dict:
-    return {"image_url": data_uri(encode(photo_crop(480, 480))), "sync_mode": True}
+def long(side: int = 480) -> dict:
+    """Many 64 px tiles: seconds of engine work, cancellable between tiles."""
+    return {"image_url": data_uri(encode(photo_crop(side, side))), "sync_mode": True}
 
 
 def messages(found: dict) -> list[str]:
@@ -183,7 +184,7 @@ def test_burst_over_two_replicas_loses_nothing(pair) -> None:
 def test_a_killed_replica_loses_nothing(tmp_path, redis_url) -> None:
     doomed = replica(tmp_path, redis_url, "kill", "--max-queued", "1")
     try:
-        handle = submit(doomed, long())
+        handle = submit(doomed, long(256))
         wait_logged(doomed, handle["request_id"], "tile ")
         waiting = submit(doomed, small())  # the shared queue holds one
         full = httpx.post(f"{doomed.url}{SUBMIT}", json=small(), timeout=30)
@@ -200,7 +201,7 @@ def test_a_killed_replica_loses_nothing(tmp_path, redis_url) -> None:
         assert "requeued: the replica running it stopped" in log
         assert "attempt 2 of 3" in log
         result = httpx.get(f"{survivor.url}{REQUESTS}/{handle['request_id']}", timeout=10)
-        assert result.json()["images"][0]["width"] == 960
+        assert result.json()["images"][0]["width"] == 512
         assert "error" not in wait_status(survivor, waiting["request_id"], "COMPLETED")
     finally:
         stop_server(survivor)
@@ -243,3 +244,29 @@ def test_outputs_in_s3_are_fetched_from_the_bucket(tmp_path, s3_endpoint, monkey
         assert len(download.content) == image["file_size"]
     finally:
         stop_server(srv)
+
+
+def test_a_stopping_replica_hands_its_running_request_back(tmp_path, redis_url) -> None:
+    leaving = replica(tmp_path, redis_url, "term")
+    try:
+        handle = submit(leaving, long(256))
+        wait_logged(leaving, handle["request_id"], "tile ")
+        leaving.process.send_signal(signal.SIGTERM)
+        assert leaving.process.wait(timeout=30) is not None
+    finally:
+        stop_server(leaving)
+    # no other replica runs yet: the request waits in the queue, its lease given up at once
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    job = client.hgetall(f"term:job:{handle['request_id']}")
+    assert job["status"] == "IN_QUEUE", job
+    assert client.lrange("term:waiting", 0, -1) == [handle["request_id"]]
+    logs = client.lrange(f"term:logs:{handle['request_id']}", 0, -1)
+    assert "handed back: the replica running it is stopping" in logs[-1]
+    successor = replica(tmp_path, redis_url, "term")
+    try:
+        found = wait_status(successor, handle["request_id"], "COMPLETED")
+        assert "error" not in found, found
+    finally:
+        stop_server(successor)
