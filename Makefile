@@ -30,7 +30,7 @@ test: $(STAMP)  ## lint, then the whole pytest suite
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
-bench: $(STAMP)  ## print per-stage timings, server overhead and sr quality (docs/benchmarks.md)
+bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a short load run (docs/benchmarks.md)
 	$(PY) -m predictor.bench
 
 bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)

@@ -1,14 +1,19 @@
-"""``make bench``: per-stage timings, encoder choices, server overhead and sr fidelity.
+"""``make bench``: per-stage timings, encoder choices, server overhead, sr fidelity, LoRA swaps,
+queue overhead and a short load run.
 
 Prints markdown tables (paste them into docs/benchmarks.md with the machine they ran on).
-Stages are timed with the same functions the server runs; the server overhead comes from the
-real KServe server in a subprocess, on loopback.
+Stages are timed with the same functions the server runs; the server overhead, the queue overhead
+and the load run use the real KServe server in a subprocess, on loopback; the load run is
+``python -m loadtest`` (locust) in another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import importlib
+import importlib.util
 import io
 import json
 import os
@@ -19,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -114,19 +119,16 @@ def _last_stage_log(log_path: Path) -> dict[str, float]:
 JOURNEY_STAGES = ("fetch", "queue", "decode", "inference", "encode")
 
 
-def server_overhead(source: Image.Image, repeats: int = 5) -> str:
-    """What the server adds around the journey: HTTP, KServe, JSON, and the output download.
-
-    The server logs each request's own stage times; the overhead is the client's wall time minus
-    the server's journey total, so engine-time noise does not blur it.
-    """
+@contextlib.contextmanager
+def local_server(*flags: str) -> Iterator[tuple[str, Path]]:
+    """``chrono-upscaler serve`` on a free loopback port, ready: (its URL, its log file)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log_path = Path(tempfile.mkdtemp()) / "server.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "predictor", "serve", "--port", str(port)],
+            [sys.executable, "-m", "predictor", "serve", "--port", str(port), *flags],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -139,6 +141,19 @@ def server_overhead(source: Image.Image, repeats: int = 5) -> str:
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
+        yield url, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def server_overhead(source: Image.Image, repeats: int = 5) -> str:
+    """What the server adds around the journey: HTTP, KServe, JSON, and the output download.
+
+    The server logs each request's own stage times; the overhead is the client's wall time minus
+    the server's journey total, so engine-time noise does not blur it.
+    """
+    with local_server() as (url, log_path):
         rows = [
             "| format | HTTP round trip | server journey | of which engine | overhead "
             "| overhead / engine |",
@@ -172,9 +187,6 @@ def server_overhead(source: Image.Image, repeats: int = 5) -> str:
                     f"| {overhead:.1f} ms | {overhead / engine:.2%} |"
                 )
         return "\n".join(rows)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def fidelity_table(engine) -> str:
@@ -192,6 +204,151 @@ def fidelity_table(engine) -> str:
         )
     rows.append(f"| **mean** | | | | **{statistics.mean(gains):+.2f} dB** |")
     return "\n".join(rows)
+
+
+def lora_section() -> str:
+    """LoRA swap figures (DESIGN §5), once ``predictor.loras`` offers ``bench_table()``."""
+    if importlib.util.find_spec("predictor.loras") is None:
+        return (
+            "Not available yet: LoRA hot-swapping (DESIGN §5, `predictor/loras.py`) is not "
+            "implemented. When it is, `predictor.loras.bench_table()` prints cold load, cache hit "
+            "and swap times here."
+        )
+    bench_table = getattr(importlib.import_module("predictor.loras"), "bench_table", None)
+    if bench_table is None:
+        return "Not available yet: `predictor.loras` has no `bench_table()`."
+    return bench_table()
+
+
+QUEUE = f"/queue/{APP_ID}"
+#: fal_client polls the status at once, then every 0.1 s (DEFAULT_QUEUE_POLL_INTERVAL)
+FAL_CLIENT_POLL_S = 0.1
+
+
+def _sync_call(client: httpx.Client, url: str, body: dict) -> str:
+    response = client.post(f"{url}/{APP_ID}", json=body).raise_for_status()
+    return response.headers["x-fal-request-id"]
+
+
+def _queue_polling(client: httpx.Client, url: str, body: dict) -> str:
+    handle = client.post(f"{url}{QUEUE}", json=body).raise_for_status().json()
+    while client.get(handle["status_url"]).json()["status"] != "COMPLETED":
+        time.sleep(FAL_CLIENT_POLL_S)
+    client.get(handle["response_url"]).raise_for_status()
+    return handle["request_id"]
+
+
+def _queue_streaming(client: httpx.Client, url: str, body: dict) -> str:
+    handle = client.post(f"{url}{QUEUE}", json=body).raise_for_status().json()
+    with client.stream("GET", handle["status_url"] + "/stream") as events:
+        for line in events.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:])["status"] == "COMPLETED":
+                break
+    client.get(handle["response_url"]).raise_for_status()
+    return handle["request_id"]
+
+
+def _engine_ms(log_path: Path) -> dict[str, float]:
+    """Each logged request's engine time (ms), by request id."""
+    lines = [
+        json.loads(line)
+        for line in log_path.read_text().splitlines()
+        if '"event":"request"' in line
+    ]
+    return {line["request_id"]: line["timings_ms"]["inference"] for line in lines}
+
+
+def queue_overhead(url: str, log_path: Path, source: Image.Image, repeats: int = 7) -> str:
+    """The same image through the sync route and through the queue, interleaved. The engine's
+    own time (from the server's request log) is taken off each wall time, so that its noise does
+    not drown the few milliseconds the protocol costs."""
+    body = {
+        "image_url": "data:image/jpeg;base64,"
+        + base64.b64encode(encoded_input(source, OutputFormat.jpeg)).decode(),
+        "sync_mode": True,
+        "seed": 1,
+    }
+    ways: dict[str, Callable[[httpx.Client, str, dict], str]] = {
+        "sync route (`POST /fal-ai/…`)": _sync_call,
+        "queue, polling at once then every 0.1 s (fal_client)": _queue_polling,
+        "queue, status stream (SSE)": _queue_streaming,
+    }
+    runs: dict[str, list[tuple[str, float]]] = {name: [] for name in ways}
+    with httpx.Client(timeout=120) as client:
+        for attempt in range(repeats + 1):
+            for name, way in ways.items():
+                started = time.perf_counter()
+                request_id = way(client, url, body)
+                if attempt:  # the first round is a warm-up
+                    runs[name].append((request_id, (time.perf_counter() - started) * 1000))
+    time.sleep(0.5)  # let the last log lines land
+    engine = _engine_ms(log_path)
+    rows = [
+        "| way | median wall time | of which engine | wall − engine | vs the sync route |",
+        "|---|---|---|---|---|",
+    ]
+    sync_rest = None
+    for name, measured in runs.items():
+        walls = [wall for _, wall in measured]
+        engines = [engine[request_id] for request_id, _ in measured]
+        rest = statistics.median(w - e for w, e in zip(walls, engines, strict=True))
+        sync_rest = rest if sync_rest is None else sync_rest
+        versus = "—" if name == next(iter(ways)) else f"{rest - sync_rest:+.0f} ms"
+        rows.append(
+            f"| {name} | {statistics.median(walls):.0f} ms | {statistics.median(engines):.0f} ms "
+            f"| {rest:.0f} ms | {versus} |"
+        )
+    return "\n".join(rows)
+
+
+LOAD_RUN = ("--users", "2", "--spawn-rate", "2", "--duration", "10s", "--profile", "small")
+
+
+def load_run(url: str, hourly_usd: float) -> str:
+    """A short ``python -m loadtest run`` against the local server; its figures side by side with
+    what they are compared against."""
+    if importlib.util.find_spec("locust") is None:
+        return "Not available: locust is not installed (`pip install '.[loadtest]'`)."
+    out = Path(tempfile.mkdtemp()) / "loadtest"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest", "run", "--url", url, *LOAD_RUN, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode:
+        return f"The load run failed ({done.returncode}):\n\n```\n{done.stderr[-2000:]}\n```"
+    results = json.loads((out / "results.json").read_text())
+    latency = results["requests"]["latency_accepted"]
+    rates, cost = results["throughput"], results["cost"]["server"]
+    engine_s = cost["device_seconds_per_image"]
+    inflight = results["server"]["limits"]["max_inflight"]
+    ceiling = inflight / engine_s
+    ms = "{:.0f} ms".format
+    return "\n".join(
+        [
+            f"`python -m loadtest run {' '.join(LOAD_RUN)}` (sync route, outputs downloaded): "
+            f"{results['requests']['total']} requests, {results['requests']['accepted']} "
+            f"accepted, in {results['elapsed_s']:.1f} s.",
+            "",
+            "| figure | measured | compared with |",
+            "|---|---|---|",
+            f"| p50 latency | {ms(latency['p50_s'] * 1000)} "
+            f"| engine time per image {ms(engine_s * 1000)} (2 users share {inflight} worker) |",
+            f"| p95 / p99 latency | {ms(latency['p95_s'] * 1000)} / "
+            f"{ms(latency['p99_s'] * 1000)} | 2 × engine time {ms(2 * engine_s * 1000)} |",
+            f"| throughput | {rates['images_per_s']:.2f} images/s "
+            f"| engine-bound ceiling {ceiling:.2f} images/s ({inflight} worker ÷ engine time): "
+            f"{rates['images_per_s'] / ceiling:.0%} of it |",
+            f"| cost per image at ${hourly_usd:g}/h | ${cost['cost_per_image_usd']:.5f} "
+            f"| fal's list price ${cost['list_price_per_image_usd']:.2f} "
+            f"({cost['cost_to_list_price']:.1%} of it) |",
+        ]
+    )
+
+
+#: the hourly price the load run's cost figure assumes (an on-demand H100 is about this much)
+BENCH_HOURLY_USD = 3.6
 
 
 def main() -> None:
@@ -212,7 +369,14 @@ def main() -> None:
     print("## Server overhead (real KServe server, loopback, sync_mode false + download)\n")
     print(server_overhead(source), "\n")
     print("## sr fidelity: ×2 round trip on scikit-image photos\n")
-    print(fidelity_table(engine))
+    print(fidelity_table(engine), "\n")
+    print("## LoRA swaps\n")
+    print(lora_section(), "\n")
+    with local_server("--gpu-hourly-usd", str(BENCH_HOURLY_USD)) as (url, log_path):
+        print("## Queue overhead: one 256² photo ×2, sync route vs queue (loopback, medians)\n")
+        print(queue_overhead(url, log_path, source.resize((256, 256), Image.LANCZOS)), "\n")
+        print("## Short load run (locust, 2 users, small profile, 10 s)\n")
+        print(load_run(url, BENCH_HOURLY_USD))
 
 
 if __name__ == "__main__":
