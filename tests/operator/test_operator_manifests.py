@@ -45,6 +45,7 @@ def test_operator_rbac_is_least_privilege() -> None:
         ("serving.kserve.io", "inferenceservices"): child_verbs,
         ("", "configmaps"): child_verbs,
         ("monitoring.coreos.com", "podmonitors"): child_verbs,
+        ("keda.sh", "scaledobjects"): child_verbs,  # RawDeployment's queue-length autoscaler
     }
 
 
@@ -56,7 +57,7 @@ def test_operator_rbac_covers_every_watched_child() -> None:
 
 def test_operator_rbac_binds_the_service_account_the_deployment_uses() -> None:
     rbac, operator = documents("rbac.yaml"), documents("operator.yaml")
-    account = rbac["ServiceAccount"]["metadata"]
+    account = operator["ServiceAccount"]["metadata"]
     binding = rbac["ClusterRoleBinding"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -70,7 +71,7 @@ def test_operator_rbac_binds_the_service_account_the_deployment_uses() -> None:
     assert (
         deployment["metadata"]["namespace"]
         == account["namespace"]
-        == rbac["Namespace"]["metadata"]["name"]
+        == operator["Namespace"]["metadata"]["name"]
     )
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["name"]
 
