@@ -99,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="seconds users get after the duration to finish the request in hand "
             "(default: the timeout)",
         )
-        sub.add_argument("--poll-interval", type=_positive(float), default=0.2)
+        sub.add_argument(
+            "--poll-interval",
+            type=_positive(float),
+            default=0.1,
+            help="seconds between queue status polls (fal_client's default)",
+        )
         sub.add_argument(
             "--shed-backoff",
             type=_non_negative,

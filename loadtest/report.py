@@ -21,7 +21,12 @@ def seconds(value: float | None) -> str:
 def usd(value: float | None) -> str:
     if value is None:
         return "–"
-    return f"${value:.4g}" if abs(value) < 1 else f"${value:,.2f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    digits = f"{value:.4g}"
+    if "e" not in digits:  # at least whole cents: $0.50, not $0.5
+        digits = f"{value:.2f}" if len(digits.partition(".")[2]) < 2 else digits
+    return f"${digits}"
 
 
 def _number(value: float | None, unit: str = "", digits: int = 2) -> str:

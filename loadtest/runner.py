@@ -56,7 +56,7 @@ class RunSettings:
     timeout_s: float | None = None
     #: seconds users get after the duration to finish the request in hand; None: the timeout
     stop_grace_s: float | None = None
-    poll_interval_s: float = 0.2
+    poll_interval_s: float = 0.1
     shed_backoff_s: float = 0.2
     sync_mode: bool = False
     pool_size: int = 32

@@ -2,7 +2,8 @@
 
 * ``sync``: ``POST /fal-ai/chrono-edit-lora-gallery/upscaler``, then the output's download.
 * ``queue``: what fal's clients do — ``POST /queue/fal-ai/chrono-edit-lora-gallery/upscaler``,
-  poll ``status_url?logs=1`` until ``COMPLETED``, ``GET response_url``, then the download.
+  poll ``status_url?logs=1`` until ``COMPLETED`` (at once, then every 0.1 s, as fal_client),
+  ``GET response_url``, then the download.
 
 The user only ever talks to the URL it was given: the queue's ``status_url``/``response_url`` and
 the outputs' URLs come from the server, and one that is not under the target URL is not followed
@@ -59,7 +60,8 @@ class UserSettings:
     key: str | None = None
     #: seconds: no answer for this long (or a queue journey longer than this) is a timeout
     timeout_s: float = 330.0
-    poll_interval_s: float = 0.2
+    #: fal_client's default
+    poll_interval_s: float = 0.1
     #: seconds a user waits after a 429/503 before its next request
     shed_backoff_s: float = 0.2
     #: True: outputs come back as data: URIs; False (fal's default): as URLs, downloaded
@@ -266,8 +268,7 @@ def make_user_class(settings: UserSettings, pool: Sequence[Payload], recorder: R
                 log.warning("not following %s: it is not under %s", status_url, base)
                 return self._record(started, FOREIGN_URL)
             deadline = started + settings.timeout_s
-            while True:
-                gevent.sleep(settings.poll_interval_s)
+            while True:  # as fal_client does: ask at once, then every poll interval
                 polled, status = self._call("GET", with_logs(status_url), ROUTE_STATUS)
                 if status_class(status) != "accepted":
                     return self._record(started, status)
@@ -280,6 +281,7 @@ def make_user_class(settings: UserSettings, pool: Sequence[Payload], recorder: R
                     break
                 if time.perf_counter() > deadline:
                     return self._record(started, TIMEOUT)
+                gevent.sleep(settings.poll_interval_s)
             wait, run = queue_phases(document.get("logs") or [])
             inference = (document.get("metrics") or {}).get("inference_time")
             fields = {"queue_wait_s": wait, "queue_run_s": run, "inference_s": inference}
