@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
 from upscaler_operator.config import OperatorConfig
+from upscaler_operator.spec import default_redis
 
 log = logging.getLogger("upscaler_operator")
 
@@ -70,6 +71,19 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "(env RETRY_DELAY_SECONDS)",
     )
     parser.add_argument(
+        "--default-redis-url",
+        default=environ.get("UPSCALER_REDIS_URL") or None,
+        help="Redis for deployments whose spec.queue names none: redis[s]://host[:port][/db], "
+        "without credentials (env UPSCALER_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--default-redis-secret",
+        default=environ.get("UPSCALER_REDIS_SECRET") or None,
+        help="or a Secret, in each deployment's namespace, whose key 'url' holds it (with "
+        "'address' = host:port and optional 'username', 'password' for KEDA) "
+        "(env UPSCALER_REDIS_SECRET)",
+    )
+    parser.add_argument(
         "--log-level",
         default=environ.get("LOG_LEVEL", "INFO"),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -93,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         liveness_port=args.liveness_port,
         watch_timeout_s=args.watch_timeout,
         retry_delay_s=args.retry_delay,
+        default_redis_url=args.default_redis_url,
+        default_redis_secret=args.default_redis_secret,
     )
 
 
@@ -137,12 +153,17 @@ class _QuietRoutineLogs(logging.Filter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.print_crd:
         from upscaler_operator.crd import crd_text
 
         sys.stdout.write(crd_text())
         return 0
+    try:
+        default_redis(args.default_redis_url, args.default_redis_secret)
+    except ValueError as exc:
+        parser.error(f"default Redis: {exc}")  # exits 2
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

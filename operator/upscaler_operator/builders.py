@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +23,13 @@ from upscaler_operator import (
     MANAGED_BY_LABEL,
     uris,
 )
+from upscaler_operator import spec as spec_module
 from upscaler_operator.kube import Ref
 from upscaler_operator.spec import DEFAULT_UPSCALER_LORA, DeploymentSpec
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 PODMONITOR_API_VERSION = "monitoring.coreos.com/v1"
+KEDA_API_VERSION = "keda.sh/v1alpha1"
 DEFAULT_PREDICTOR_IMAGE = "ghcr.io/chrono-upscaler/predictor:0.1.0"
 
 PORT = 8080
@@ -55,6 +59,16 @@ MANAGED_ANNOTATIONS = frozenset(
     {DEPLOYMENT_MODE_ANNOTATION, AUTOSCALER_CLASS_ANNOTATION, SPEC_HASH_ANNOTATION}
 )
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+CONTAINER_NAME = "kserve-container"
+
+#: who scales the predictor (see ``autoscaler``)
+KNATIVE, HPA, KEDA, HPA_WITHOUT_KEDA = "knative", "hpa", "keda", "hpa-without-keda"
+#: KServe creates no HPA of its own for this class and leaves the Deployment's replicas alone
+EXTERNAL_AUTOSCALER_CLASS = "external"
+#: the Redis keys of the shared queue (predictor/redis_queue.py): waiting ids, running leases
+WAITING_SUFFIX, RUNNING_SUFFIX = ":waiting", ":running"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 #: startup budget: ChronoEdit-14B loads for many minutes from a cold disk; sr in seconds
 STARTUP_PROBE = {"chronoedit": (10, 180), "sr": (5, 36)}  # (period s, failures): 30 min, 3 min
@@ -84,6 +98,7 @@ class BuildOptions:
 
     predictor_image: str = DEFAULT_PREDICTOR_IMAGE
     pod_monitor: bool = False  # the cluster serves monitoring.coreos.com/v1 podmonitors
+    keda: bool = False  # the cluster serves keda.sh/v1alpha1 scaledobjects
 
 
 @dataclass(frozen=True)
@@ -114,12 +129,58 @@ def pod_monitor_name(owner_name: str) -> str:
     return f"{owner_name}-predictor"
 
 
+def scaled_object_name(owner_name: str) -> str:
+    return f"{owner_name}-predictor"
+
+
+def predictor_deployment_name(owner_name: str) -> str:
+    """The Deployment KServe makes for the predictor in Standard (RawDeployment) mode."""
+    return f"{isvc_name(owner_name)}-predictor"
+
+
+def scaled_object_ref(owner: Owner) -> Ref:
+    return Ref(KEDA_API_VERSION, "scaledobjects", owner.namespace, scaled_object_name(owner.name))
+
+
+def queue_prefix(namespace: str, name: str, spec: DeploymentSpec) -> str | None:
+    """The shared queue's Redis key prefix: spec.queue.prefix, else ``<namespace>:<name>``.
+
+    ``:`` cannot occur in a namespace or a name, so no two deployments get the same default.
+    """
+    if spec.queue is None:
+        return None
+    return spec.queue.prefix or f"{namespace}:{name}"
+
+
+def wants_keda(spec: DeploymentSpec) -> bool:
+    """RawDeployment with a shared queue: KEDA should scale it on the queue."""
+    return spec.scaling.mode == "RawDeployment" and spec.queue is not None
+
+
+def autoscaler(spec: DeploymentSpec, options: BuildOptions) -> str:
+    """Who scales the predictor: Knative (Serverless), KServe's HPA on CPU (RawDeployment), KEDA
+    on the queue (RawDeployment with spec.queue), or, where KEDA is not installed, KServe's HPA
+    instead (``HPA_WITHOUT_KEDA``: at least one replica, since nothing would wake it from zero).
+    """
+    if spec.scaling.mode == "Serverless":
+        return KNATIVE
+    if not wants_keda(spec):
+        return HPA
+    return KEDA if options.keda else HPA_WITHOUT_KEDA
+
+
 def build_children(owner: Owner, spec: DeploymentSpec, options: BuildOptions) -> list[Child]:
-    """Every child the deployment needs, the InferenceService last (it mounts the ConfigMap)."""
+    """Every child the deployment needs, in the order they are applied.
+
+    The InferenceService comes after the ConfigMap it mounts, and the ScaledObject after the
+    InferenceService: KServe drops its own HPA (autoscalerClass external) before KEDA's appears.
+    """
     children = [build_lora_catalog(owner, spec)]
     if options.pod_monitor:
         children.append(build_pod_monitor(owner, spec))
     children.append(build_inference_service(owner, spec, options))
+    if autoscaler(spec, options) == KEDA:
+        children.append(build_scaled_object(owner, spec))
     return children
 
 
@@ -259,8 +320,12 @@ def lora_path(slot: str, source: str) -> str:
     return LORA_MOUNTS[slot]
 
 
-def predictor_args(name: str, spec: DeploymentSpec) -> list[str]:
-    """``chrono-upscaler`` arguments: the contract with the predictor's ``serve`` command."""
+def predictor_args(name: str, spec: DeploymentSpec, namespace: str = "default") -> list[str]:
+    """``chrono-upscaler`` arguments: the contract with the predictor's ``serve`` command.
+
+    Never a secret: a Redis URL from a Secret reaches the predictor as UPSCALER_REDIS_URL (its
+    --redis-url default), S3 keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    """
     args = ["serve", "--host", "0.0.0.0", "--port", str(PORT), "--model-name", name]
     args += ["--engine", spec.engine]
     if spec.engine == "chronoedit":
@@ -278,7 +343,74 @@ def predictor_args(name: str, spec: DeploymentSpec) -> list[str]:
     if spec.defaults.output_format is not None:
         args += ["--default-output-format", spec.defaults.output_format]
     args += ["--request-timeout", str(spec.request_timeout_seconds)]
+    return args + _queue_args(name, spec, namespace) + _output_args(spec)
+
+
+def _queue_args(name: str, spec: DeploymentSpec, namespace: str) -> list[str]:
+    queue = spec.queue
+    if queue is None:
+        return []
+    args = []
+    if queue.redis.url is not None:  # no credentials (checked); a Secret's URL goes by env
+        args += ["--redis-url", queue.redis.url]
+    args += ["--redis-prefix", queue_prefix(namespace, name, spec) or ""]
+    if queue.max_queued is not None:
+        args += ["--max-queued", str(queue.max_queued)]
+    if queue.lease_seconds is not None:
+        args += ["--queue-lease", str(queue.lease_seconds)]
     return args
+
+
+def _output_args(spec: DeploymentSpec) -> list[str]:
+    outputs = spec.outputs
+    if outputs.s3 is not None:
+        args = ["--output-store", outputs.s3.url]
+        if outputs.s3.endpoint_url:
+            args += ["--s3-endpoint-url", outputs.s3.endpoint_url]
+        if outputs.s3.public_url:
+            args += ["--s3-public-url", outputs.s3.public_url]
+        return args
+    if outputs.store != "memory":
+        return ["--output-store", outputs.store]
+    return []
+
+
+def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def operator_env(spec: DeploymentSpec) -> list[dict[str, Any]]:
+    """The predictor's environment from spec.queue and spec.outputs: secrets by reference only.
+
+    A Redis in a Secret: its URL for the predictor, and (optional keys, read by KEDA through
+    ``addressFromEnv``/``usernameFromEnv``/``passwordFromEnv``) its host:port and credentials.
+    """
+    env: list[dict[str, Any]] = []
+    secret = spec.queue.redis.secret if spec.queue is not None else None
+    if secret is not None:
+        env += [
+            _secret_env(spec_module.REDIS_URL_ENV, secret.name, secret.key),
+            _secret_env(spec_module.REDIS_ADDRESS_ENV, secret.name, "address", optional=True),
+            _secret_env(spec_module.REDIS_USERNAME_ENV, secret.name, "username", optional=True),
+            _secret_env(spec_module.REDIS_PASSWORD_ENV, secret.name, "password", optional=True),
+        ]
+    s3 = spec.outputs.s3
+    if s3 is not None and s3.credentials is not None:
+        credentials = s3.credentials
+        env += [
+            _secret_env(
+                spec_module.S3_ACCESS_KEY_ENV, credentials.name, credentials.access_key_id_key
+            ),
+            _secret_env(
+                spec_module.S3_SECRET_KEY_ENV, credentials.name, credentials.secret_access_key_key
+            ),
+        ]
+    if s3 is not None and s3.region:
+        env.append({"name": spec_module.S3_REGION_ENV, "value": s3.region})
+    return env
 
 
 def _number(value: float) -> str:
@@ -302,14 +434,16 @@ def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str,
     }
 
 
-def _container(name: str, spec: DeploymentSpec, options: BuildOptions) -> dict[str, Any]:
+def _container(
+    name: str, namespace: str, spec: DeploymentSpec, options: BuildOptions
+) -> dict[str, Any]:
     readiness_path = f"/v1/models/{name}"  # KServe's model readiness on the same port
     period, failures = STARTUP_PROBE[spec.engine]
     container: dict[str, Any] = {
-        "name": "kserve-container",
+        "name": CONTAINER_NAME,
         "image": spec.predictor.image or options.predictor_image,
         "command": ["chrono-upscaler"],
-        "args": predictor_args(name, spec),
+        "args": predictor_args(name, spec, namespace),
         "ports": [{"name": "http1", "containerPort": PORT, "protocol": "TCP"}],
         "startupProbe": _probe(readiness_path, period, failures),
         "readinessProbe": _probe(readiness_path, 10, 3),
@@ -322,8 +456,9 @@ def _container(name: str, spec: DeploymentSpec, options: BuildOptions) -> dict[s
     }
     if spec.predictor.image_pull_policy:
         container["imagePullPolicy"] = spec.predictor.image_pull_policy
-    if spec.predictor.env:
-        container["env"] = [dict(item) for item in spec.predictor.env]
+    env = operator_env(spec) + [dict(item) for item in spec.predictor.env]
+    if env:
+        container["env"] = env
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
@@ -353,9 +488,12 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
     name = isvc_name(owner.name)
     scaling = spec.scaling
     serverless = scaling.mode == "Serverless"
+    scaler = autoscaler(spec, options)
     annotations = {DEPLOYMENT_MODE_ANNOTATION: DEPLOYMENT_MODES[scaling.mode]}
     if not serverless:
-        annotations[AUTOSCALER_CLASS_ANNOTATION] = "hpa"
+        annotations[AUTOSCALER_CLASS_ANNOTATION] = (
+            EXTERNAL_AUTOSCALER_CLASS if scaler == KEDA else "hpa"
+        )
     pod_annotations = {CATALOG_HASH_ANNOTATION: content_hash(catalog_json(spec))}
     if serverless:
         period, failures = STARTUP_PROBE[spec.engine]
@@ -363,19 +501,26 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
         pod_annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
         if scaling.scale_to_zero_grace_period:
             pod_annotations[RETENTION_ANNOTATION] = scaling.scale_to_zero_grace_period
-    predictor: dict[str, Any] = {
-        "minReplicas": scaling.min_replicas,
-        "maxReplicas": scaling.max_replicas,
-        "scaleMetric": "concurrency" if serverless else "cpu",
-        "scaleTarget": scaling.target_concurrency if serverless else scaling.target_cpu_utilization,
-        # Knative: the revision's request timeout, and (Knative sets it so) the pod's grace period
-        "timeout": spec.request_timeout_seconds + ROUTE_TIMEOUT_MARGIN_S,
-        "labels": {DEPLOYMENT_LABEL: owner.name},
-        "annotations": pod_annotations,
-        **_scheduling(spec),
-        "containers": [_container(name, spec, options)],
-        "volumes": [{"name": CATALOG_VOLUME, "configMap": {"name": catalog_name(owner.name)}}],
-    }
+    # without KEDA nothing would scale a Deployment up from zero: KServe's HPA keeps one
+    min_replicas = (
+        max(1, scaling.min_replicas) if scaler == HPA_WITHOUT_KEDA else scaling.min_replicas
+    )
+    predictor: dict[str, Any] = {"minReplicas": min_replicas, "maxReplicas": scaling.max_replicas}
+    if scaler == KNATIVE:
+        predictor.update(scaleMetric="concurrency", scaleTarget=scaling.target_concurrency)
+    elif scaler != KEDA:  # KEDA's ScaledObject says what it scales on
+        predictor.update(scaleMetric="cpu", scaleTarget=scaling.target_cpu_utilization)
+    predictor.update(
+        {
+            # Knative: the revision's request timeout, and (Knative sets it so) the pod's grace
+            "timeout": spec.request_timeout_seconds + ROUTE_TIMEOUT_MARGIN_S,
+            "labels": {DEPLOYMENT_LABEL: owner.name},
+            "annotations": pod_annotations,
+            **_scheduling(spec),
+            "containers": [_container(name, owner.namespace, spec, options)],
+            "volumes": [{"name": CATALOG_VOLUME, "configMap": {"name": catalog_name(owner.name)}}],
+        }
+    )
     if not serverless:  # Knative refuses this field; it derives the grace period from timeout
         predictor["terminationGracePeriodSeconds"] = spec.request_timeout_seconds + DRAIN_MARGIN_S
     if spec.predictor.service_account_name:
@@ -392,4 +537,97 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
         "predictor",
         annotations,
         {"spec": {"predictor": predictor}},
+    )
+
+
+def duration_seconds(duration: str) -> int:
+    """A Knative-style duration (``300s``, ``10m``, ``1h30m``, ``1.5h``) in whole seconds, up."""
+    parts = _DURATION_PART.findall(duration)
+    if not parts or "".join(value + unit for value, unit in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return math.ceil(sum(float(value) * _DURATION_UNIT_S[unit] for value, unit in parts))
+
+
+def _redis_connection(spec: DeploymentSpec) -> dict[str, str]:
+    """KEDA's redis scaler connection: parsed from a plain URL, or read from the pod's env."""
+    assert spec.queue is not None
+    redis = spec.queue.redis
+    address = redis.address()
+    if address is not None:
+        return {
+            "address": address.address,
+            "databaseIndex": str(address.database_index),
+            "enableTLS": "true" if address.tls else "false",
+        }
+    return {  # env the operator sets from the Secret's address, username and password keys
+        "addressFromEnv": spec_module.REDIS_ADDRESS_ENV,
+        "usernameFromEnv": spec_module.REDIS_USERNAME_ENV,
+        "passwordFromEnv": spec_module.REDIS_PASSWORD_ENV,
+        "databaseIndex": str(redis.database_index),
+        "enableTLS": "true" if redis.tls else "false",
+    }
+
+
+def build_scaled_object(owner: Owner, spec: DeploymentSpec) -> Child:
+    """A KEDA ScaledObject scaling the predictor's Deployment on the shared queue.
+
+    Two redis triggers read the queue's keys: ``waiting`` (the list of waiting request ids, LLEN)
+    and ``running`` (the sorted set of leases held by replicas working a request, ZCARD; KEDA's
+    redis scaler counts either). The formula ``running × T + waiting`` against the average target
+    T (targetQueueLength) gives ``running + ⌈waiting / T⌉`` replicas: one per request being run
+    (a busy replica is never scaled away; stopping hands its request back to the queue, to run
+    again from the start) plus one per T waiting. Active (scaled up from zero) while anything
+    waits or runs; back to minReplicas cooldownPeriod after the queue went idle.
+    """
+    assert spec.queue is not None
+    scaling = spec.scaling
+    prefix = queue_prefix(owner.namespace, owner.name, spec) or ""
+    target = str(scaling.target_queue_length)
+    connection = _redis_connection(spec)
+
+    def trigger(name: str, key: str) -> dict[str, Any]:
+        metadata = {
+            **connection,
+            "listName": key,
+            "listLength": target,
+            "activationListLength": "0",
+        }
+        return {"type": "redis", "name": name, "metadata": metadata}
+
+    body: dict[str, Any] = {
+        "scaleTargetRef": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": predictor_deployment_name(owner.name),
+            "envSourceContainerName": CONTAINER_NAME,
+        },
+        "minReplicaCount": scaling.min_replicas,
+        "maxReplicaCount": scaling.max_replicas,
+        "advanced": {
+            # when the ScaledObject goes (spec changed), give the Deployment back its replicas:
+            # KServe's HPA cannot scale up a Deployment KEDA left at zero
+            "restoreToOriginalReplicaCount": True,
+            "scalingModifiers": {
+                "formula": f"running * {target} + waiting",
+                "target": target,
+                "activationTarget": "0",
+                "metricType": "AverageValue",
+            },
+        },
+        "triggers": [
+            trigger("waiting", prefix + WAITING_SUFFIX),
+            trigger("running", prefix + RUNNING_SUFFIX),
+        ],
+    }
+    if scaling.scale_to_zero_grace_period:
+        body["cooldownPeriod"] = duration_seconds(scaling.scale_to_zero_grace_period)
+    return _child(
+        owner,
+        KEDA_API_VERSION,
+        "ScaledObject",
+        "scaledobjects",
+        scaled_object_name(owner.name),
+        "autoscaling",
+        {},
+        {"spec": body},
     )

@@ -21,7 +21,11 @@ class OperatorConfig:
     watch_timeout_s: float = 300.0
     #: seconds before a reconcile that hit an API error runs again
     retry_delay_s: float = 30.0
-    #: seconds the answer to "is the Prometheus operator installed?" is trusted
-    monitoring_ttl_s: float = 60.0
+    #: seconds an API discovery answer (are PodMonitors, ScaledObjects served?) is trusted
+    discovery_ttl_s: float = 60.0
+    #: the Redis for a spec.queue that names none: a URL without credentials (env
+    #: UPSCALER_REDIS_URL) or a Secret in the deployment's namespace (env UPSCALER_REDIS_SECRET)
+    default_redis_url: str | None = None
+    default_redis_secret: str | None = None
     #: threads that run reconciles (they block on API calls)
     workers: int = 8

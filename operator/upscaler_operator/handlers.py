@@ -1,9 +1,10 @@
 """kopf glue: which events run the reconcile, and kopf's settings. No logic of its own.
 
 - UpscalerDeployment created, changed, or found at start-up: reconcile it.
-- A child changed (an InferenceService's status) or was deleted: reconcile its owner. Watching
-  the children (label-selected, server-side) instead of polling with a kopf timer keeps the CR
-  free of finalizers, which would block its deletion whenever the operator is down.
+- A child changed (an InferenceService's or a ScaledObject's status) or was deleted: reconcile
+  its owner. Watching the children (label-selected, server-side) instead of polling with a kopf
+  timer keeps the CR free of finalizers, which would block its deletion whenever the operator is
+  down.
 - An UpscalerDeployment deleted: drop its cost series. Its children go with it through their
   owner references.
 """
@@ -30,6 +31,8 @@ CHILD_RESOURCES = (
     ("serving.kserve.io", "v1beta1", "inferenceservices", frozenset({"MODIFIED", "DELETED"})),
     ("", "v1", "configmaps", frozenset({"DELETED"})),
     ("monitoring.coreos.com", "v1", "podmonitors", frozenset({"DELETED"})),
+    # KEDA's status (Ready, Active) is mirrored into the Autoscaling condition
+    ("keda.sh", "v1alpha1", "scaledobjects", frozenset({"MODIFIED", "DELETED"})),
 )
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 
@@ -60,10 +63,16 @@ def build_registry(
     @kopf.on.startup(id="configure", registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, config)
+        default_redis = (
+            "secret " + config.default_redis_secret
+            if config.default_redis_secret
+            else config.default_redis_url or "-"
+        )
         log.info(
-            "operator starting: namespaces=%s predictor_image=%s",
+            "operator starting: namespaces=%s predictor_image=%s default_redis=%s",
             ",".join(config.namespaces) or "*",
             config.predictor_image,
+            default_redis,
         )
 
     @kopf.on.login(id="login", registry=registry)

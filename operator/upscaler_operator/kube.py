@@ -1,4 +1,4 @@
-"""A small Kubernetes REST client: get, create, JSON-patch, merge-patch and API discovery.
+"""A small Kubernetes REST client: get, create, JSON-patch, merge-patch, delete and discovery.
 
 The official client does the hard parts (in-cluster and kubeconfig credentials, token refresh,
 TLS); its typed API classes are skipped because the operator handles every kind as plain JSON
@@ -128,6 +128,14 @@ class Kube:
 
     def json_patch(self, ref: Ref, operations: list[dict[str, Any]]) -> dict[str, Any]:
         return self.request("PATCH", ref.path, operations, JSON_PATCH)
+
+    def delete(self, ref: Ref) -> None:
+        """Delete the object (its dependents in the background); gone already is fine."""
+        try:
+            self.request("DELETE", ref.path)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
 
     def merge_patch_status(self, ref: Ref, status_patch: dict[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", f"{ref.path}/status", {"status": status_patch}, MERGE_PATCH)

@@ -1,10 +1,11 @@
 """The one idempotent reconcile, for create, update, resume and every change to a child.
 
 Read the spec (invalid: say so in the status and stop, without touching the children), build
-the children, create the missing ones and patch the ones whose content hash differs from the
-hash of what the operator last applied, then mirror the InferenceService into the status. Drift is
-judged by that hash alone, not by comparing content: KServe's webhook rewrites what it stores
-(quantities, empty fields, defaults), and a content comparison would fight it forever.
+the children, delete a ScaledObject the spec no longer asks for, create the missing children and
+patch the ones whose content hash differs from the hash of what the operator last applied, then
+mirror the InferenceService (and KEDA's ScaledObject) into the status. Drift is judged by that
+hash alone, not by comparing content: KServe's webhook rewrites what it stores (quantities, empty
+fields, defaults), and a content comparison would fight it forever.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ from typing import Any
 from upscaler_operator import API_VERSION, MANAGED_BY, MANAGED_BY_LABEL, PLURAL
 from upscaler_operator.builders import (
     ISVC_API_VERSION,
+    KEDA,
+    KEDA_API_VERSION,
     MANAGED_ANNOTATIONS,
     PODMONITOR_API_VERSION,
     SPEC_HASH_ANNOTATION,
     BuildOptions,
     Child,
     Owner,
+    autoscaler,
     build_children,
     isvc_name,
+    queue_prefix,
+    scaled_object_ref,
 )
 from upscaler_operator.config import OperatorConfig
 from upscaler_operator.kube import Kube, KubeError, Ref
 from upscaler_operator.metrics import Metrics
-from upscaler_operator.spec import DeploymentSpec, InvalidSpec, parse_spec
-from upscaler_operator.status import Outcome, build_status, status_patch
+from upscaler_operator.spec import DeploymentSpec, InvalidSpec, default_redis, parse_spec
+from upscaler_operator.status import Outcome, autoscaling_state, build_status, status_patch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ class ReconcileFailed(Exception):
 class Result:
     outcome: str  # ok | invalid
     status: dict[str, Any]
+
+
+def _key(owner: Owner) -> tuple[str, str]:
+    return owner.namespace, owner.name
 
 
 def deployment_ref(namespace: str, name: str) -> Ref:
@@ -91,6 +101,13 @@ def patch_operations(
     return operations
 
 
+def owned_by(current: Mapping[str, Any], owner: Owner) -> bool:
+    """The operator made this object for this deployment: its label and owner reference."""
+    meta = current.get("metadata") or {}
+    managed = (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+    return managed and owner.uid in {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+
+
 def owner_of(child: Mapping[str, Any]) -> tuple[str, str] | None:
     """(namespace, name) of the UpscalerDeployment a child belongs to, from its owner reference."""
     meta = child.get("metadata") or {}
@@ -107,9 +124,11 @@ class Reconciler:
         self.kube = kube
         self.metrics = metrics
         self.config = config
+        self.default_redis = default_redis(config.default_redis_url, config.default_redis_secret)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._monitoring: tuple[float, bool] | None = None
+        self._discovered: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._discovery_guard = threading.Lock()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -148,7 +167,7 @@ class Reconciler:
         )
         spec: DeploymentSpec | None = None
         try:
-            spec = parse_spec(body.get("spec"), name=owner.name)
+            spec = parse_spec(body.get("spec"), name=owner.name, default_redis=self.default_redis)
         except InvalidSpec as exc:
             log.warning("deployment=%s invalid spec, children left as they are: %s", key, exc)
             result = Outcome(invalid=exc.errors)
@@ -173,26 +192,52 @@ class Reconciler:
         self, owner: Owner, spec: DeploymentSpec
     ) -> tuple[Outcome, Mapping[str, Any] | None]:
         options = BuildOptions(
-            predictor_image=self.config.predictor_image, pod_monitor=self.pod_monitors_served()
+            predictor_image=self.config.predictor_image,
+            pod_monitor=self.pod_monitors_served(),
+            keda=self.scaled_objects_served(),
         )
+        scaler = autoscaler(spec, options)
         isvc: Mapping[str, Any] | None = None
+        scaled_object: Mapping[str, Any] | None = None
+        if options.keda and scaler != KEDA:
+            # first, so KEDA hands the Deployment back before KServe's own HPA takes it
+            ref = scaled_object_ref(owner)
+            try:
+                self.remove(ref, owner)
+            except KubeError as exc:
+                log.error("deployment=%s/%s delete %s failed: %s", *_key(owner), ref, exc)
+                return Outcome(failure=f"ScaledObject {ref.name}: {exc}"), isvc
         applied: list[str] = []
         for child in build_children(owner, spec, options):
             try:
                 current = self.apply(child)
             except KubeError as exc:
-                log.error(
-                    "deployment=%s/%s apply %s failed: %s",
-                    owner.namespace,
-                    owner.name,
-                    child.ref,
-                    exc,
-                )
+                log.error("deployment=%s/%s apply %s failed: %s", *_key(owner), child.ref, exc)
                 return Outcome(failure=f"{child.kind} {child.ref.name}: {exc}"), isvc
             applied.append(child.kind)
             if child.kind == "InferenceService":
                 isvc = current
-        return Outcome(applied=tuple(applied)), isvc
+            elif child.kind == "ScaledObject":
+                scaled_object = current
+        scaling = autoscaling_state(
+            spec,
+            scaler,
+            prefix=queue_prefix(owner.namespace, owner.name, spec),
+            scaled_object=scaled_object,
+        )
+        return Outcome(applied=tuple(applied), autoscaling=scaling), isvc
+
+    def remove(self, ref: Ref, owner: Owner) -> bool:
+        """Delete a child the spec no longer asks for, if it is there and the operator made it."""
+        current = self.kube.get(ref)
+        if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
+            return False
+        if not owned_by(current, owner):
+            log.warning("%s is not the operator's: left alone", ref)
+            return False
+        self.kube.delete(ref)
+        log.info("deleted %s: the spec no longer asks for it", ref)
+        return True
 
     def apply(self, child: Child) -> dict[str, Any]:
         """Create the child, or patch it in place when its hash differs; the stored object."""
@@ -220,19 +265,29 @@ class Reconciler:
 
     def pod_monitors_served(self) -> bool:
         """Whether the cluster serves PodMonitors (the Prometheus operator), cached for a while."""
-        now = time.monotonic()
-        cached = self._monitoring
-        if cached is not None and now - cached[0] < self.config.monitoring_ttl_s:
+        return self.served(PODMONITOR_API_VERSION, "podmonitors")
+
+    def scaled_objects_served(self) -> bool:
+        """Whether the cluster serves KEDA's ScaledObjects, cached for a while."""
+        return self.served(KEDA_API_VERSION, "scaledobjects")
+
+    def served(self, api_version: str, plural: str) -> bool:
+        """Whether API discovery lists the resource, remembered for ``discovery_ttl_s``."""
+        now, key = time.monotonic(), (api_version, plural)
+        with self._discovery_guard:
+            cached = self._discovered.get(key)
+        if cached is not None and now - cached[0] < self.config.discovery_ttl_s:
             return cached[1]
         try:
-            resources = self.kube.resources(PODMONITOR_API_VERSION)
+            resources = self.kube.resources(api_version)
         except KubeError as exc:
-            log.warning("cannot discover %s, no PodMonitors: %s", PODMONITOR_API_VERSION, exc)
+            log.warning("cannot discover %s, taken as not served: %s", api_version, exc)
             resources = None
-        served = resources is not None and "podmonitors" in resources
-        if self._monitoring is None or self._monitoring[1] != served:
-            log.info("PodMonitors %s", "served: creating them" if served else "not served")
-        self._monitoring = (now, served)
+        served = resources is not None and plural in resources
+        with self._discovery_guard:
+            if cached is None or cached[1] != served:
+                log.info("%s.%s %s", plural, api_version, "served" if served else "not served")
+            self._discovered[key] = (now, served)
         return served
 
     def _write_status(

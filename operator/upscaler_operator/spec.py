@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from upscaler_operator import openapi, uris
 from upscaler_operator.crd import spec_schema
@@ -66,7 +67,89 @@ class ScalingSpec:
     max_replicas: int = 1
     target_concurrency: int = 1
     target_cpu_utilization: int = 80
+    target_queue_length: int = 2
     scale_to_zero_grace_period: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """One key of a Secret in the deployment's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where KEDA finds a Redis: what its redis scaler takes instead of a URL."""
+
+    host: str
+    port: int = 6379
+    database_index: int = 0
+    tls: bool = False
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RedisSpec:
+    """A Redis: a URL without credentials, or a Secret holding the URL (``secret``).
+
+    With a Secret the operator cannot read the URL, so KEDA reads host:port and the credentials
+    from the Secret's ``address``, ``username`` and ``password`` keys, and the database index and
+    TLS from here.
+    """
+
+    url: str | None = None
+    secret: SecretKey | None = None
+    database_index: int = 0
+    tls: bool = False
+
+    def address(self) -> RedisAddress | None:
+        """host:port, database and TLS parsed from ``url``; None when the URL is in a Secret."""
+        return None if self.url is None else parse_redis_url(self.url)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """The shared queue: its Redis, and the predictor's queue settings."""
+
+    redis: RedisSpec
+    prefix: str | None = None  # None: <namespace>:<name>
+    max_queued: int | None = None
+    lease_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    name: str
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True)
+class S3Spec:
+    bucket: str
+    prefix: str | None = None
+    endpoint_url: str | None = None
+    public_url: str | None = None
+    region: str | None = None
+    credentials: S3Credentials | None = None
+
+    @property
+    def url(self) -> str:
+        """The predictor's ``--output-store`` value: s3://bucket[/prefix]."""
+        prefix = (self.prefix or "").strip("/")
+        return f"s3://{self.bucket}/{prefix}" if prefix else f"s3://{self.bucket}"
+
+
+@dataclass(frozen=True)
+class OutputsSpec:
+    store: str = "memory"  # memory | redis | s3
+    s3: S3Spec | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +186,8 @@ class DeploymentSpec:
     predictor: PredictorSpec = field(default_factory=PredictorSpec)
     defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
     request_timeout_seconds: int = 300
+    queue: QueueSpec | None = None
+    outputs: OutputsSpec = field(default_factory=OutputsSpec)
 
     @property
     def gpus(self) -> GpuSpec | None:
@@ -135,18 +220,131 @@ def cross_field_errors(spec: Mapping[str, Any]) -> list[str]:
         )
     if engine == "chronoedit" and "srModel" in model:
         errors.append("spec.model.srModel applies to the sr engine only")
-    scaling = spec.get("scaling", {})
+    scaling, queue = spec.get("scaling", {}), spec.get("queue")
     if scaling.get("minReplicas", 0) > scaling.get("maxReplicas", 1):
         errors.append("spec.scaling.minReplicas must not exceed spec.scaling.maxReplicas")
-    if scaling.get("mode") == "RawDeployment":
+    if scaling.get("mode") == "RawDeployment" and queue is None:
         if scaling.get("minReplicas", 0) < 1:
             errors.append(
-                "spec.scaling.minReplicas must be at least 1 in RawDeployment mode "
-                "(scale to zero needs Serverless)"
+                "spec.scaling.minReplicas must be at least 1 in RawDeployment mode without "
+                "spec.queue (scale to zero needs Serverless, or KEDA on a shared queue)"
             )
         if "scaleToZeroGracePeriod" in scaling:
-            errors.append("spec.scaling.scaleToZeroGracePeriod applies to Serverless mode only")
+            errors.append(
+                "spec.scaling.scaleToZeroGracePeriod applies to Serverless mode, or to "
+                "RawDeployment with spec.queue (KEDA's cooldown)"
+            )
+    outputs = spec.get("outputs")
+    if outputs is not None and outputs.get("store") == "redis" and queue is None:
+        errors.append("spec.outputs.store redis keeps outputs in the queue's Redis: set spec.queue")
+    redis = (queue or {}).get("redis")
+    if redis is not None:
+        if ("url" in redis) == ("secretRef" in redis):
+            errors.append("spec.queue.redis: set exactly one of url and secretRef")
+        if "@" in redis.get("url", ""):
+            errors.append(
+                "spec.queue.redis.url must not carry credentials; put the URL in a Secret and "
+                "name it in spec.queue.redis.secretRef"
+            )
+        if "secretRef" not in redis and ("databaseIndex" in redis or "tls" in redis):
+            errors.append(
+                "spec.queue.redis: databaseIndex and tls go with secretRef only (a url carries "
+                "its own: /<db>, rediss://)"
+            )
+    if outputs is not None and (outputs.get("store") == "s3") != ("s3" in outputs):
+        errors.append("spec.outputs.s3 is required for store s3, and only for it")
     return errors
+
+
+#: env names the operator sets on the predictor container (spec.predictor.env may not reuse them)
+REDIS_URL_ENV = "UPSCALER_REDIS_URL"
+REDIS_ADDRESS_ENV = "UPSCALER_REDIS_ADDRESS"
+REDIS_USERNAME_ENV = "UPSCALER_REDIS_USERNAME"
+REDIS_PASSWORD_ENV = "UPSCALER_REDIS_PASSWORD"
+S3_ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
+S3_SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+S3_REGION_ENV = "AWS_DEFAULT_REGION"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """host, port, database and TLS of ``redis[s]://host[:port][/db]``; ValueError if it is not."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # said without repeating the URL: it holds a password
+        raise ValueError("the URL carries credentials; keep it in a Secret")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{url!r}: expected redis:// or rediss://")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: takes no query or fragment")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url!r} has no host")
+    try:
+        port = parts.port if parts.port is not None else 6379
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: bad port") from exc
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{url!r}: bad port")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url!r}: the path must be a database number")
+    return RedisAddress(
+        host=host, port=port, database_index=int(path or 0), tls=parts.scheme == "rediss"
+    )
+
+
+def redis_url_errors(url: str, path: str) -> list[str]:
+    """A URL the schema's pattern let through but the predictor or KEDA could not use."""
+    if "@" in url:
+        return []  # the credentials rule says why
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        return [f"{path}: {exc}"]
+    return []
+
+
+def default_redis(url: str | None, secret: str | None) -> RedisSpec | None:
+    """The operator-wide Redis (UPSCALER_REDIS_URL or UPSCALER_REDIS_SECRET), checked."""
+    if url and secret:
+        raise ValueError("set one of UPSCALER_REDIS_URL and UPSCALER_REDIS_SECRET, not both")
+    if url:
+        parse_redis_url(url)  # no credentials in a URL the operator copies into every pod spec
+        return RedisSpec(url=url)
+    if secret:
+        return RedisSpec(secret=SecretKey(name=secret, key="url"))
+    return None
+
+
+def operator_env_names(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> set[str]:
+    """Environment variables the operator sets for this (defaulted) spec."""
+    names: set[str] = set()
+    queue = spec.get("queue")
+    if queue is not None:
+        redis = queue.get("redis")
+        from_secret = (
+            "secretRef" in redis
+            if redis is not None
+            else bool(default_redis and default_redis.secret)
+        )
+        if from_secret:
+            names |= {REDIS_URL_ENV, REDIS_ADDRESS_ENV, REDIS_USERNAME_ENV, REDIS_PASSWORD_ENV}
+    s3 = (spec.get("outputs") or {}).get("s3") or {}
+    if "credentialsSecret" in s3:
+        names |= {S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV}
+    if "region" in s3:
+        names.add(S3_REGION_ENV)
+    return names
+
+
+def env_errors(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> list[str]:
+    """spec.predictor.env entries that would clash with what the operator sets."""
+    reserved = operator_env_names(spec, default_redis)
+    return [
+        f"spec.predictor.env[{index}].name: {item['name']} is set by the operator "
+        "(from spec.queue or spec.outputs)"
+        for index, item in enumerate((spec.get("predictor") or {}).get("env", []))
+        if item.get("name") in reserved
+    ]
 
 
 def uri_errors(spec: Mapping[str, Any]) -> list[str]:
@@ -160,25 +358,88 @@ def uri_errors(spec: Mapping[str, Any]) -> list[str]:
             errors += uris.lora_source_errors(model[key], f"spec.model.{key}")
     for index, lora in enumerate(spec.get("loras", [])):
         errors += uris.catalog_uri_errors(lora["uri"], f"spec.loras[{index}].uri")
+    url = ((spec.get("queue") or {}).get("redis") or {}).get("url")
+    if url is not None:
+        errors += redis_url_errors(url, "spec.queue.redis.url")
     return errors
 
 
-def parse_spec(raw: Any, *, name: str) -> DeploymentSpec:
-    """The typed, defaulted spec; raises InvalidSpec listing every problem found."""
+def parse_spec(raw: Any, *, name: str, default_redis: RedisSpec | None = None) -> DeploymentSpec:
+    """The typed, defaulted spec; raises InvalidSpec listing every problem found.
+
+    ``default_redis`` is the operator's own Redis, for a spec.queue that names none.
+    """
     errors = name_errors(name)
     normalized, schema_errors = openapi.normalize(raw, spec_schema(), "spec")
     errors += schema_errors
     if not schema_errors:  # the later rules assume the schema's types
         errors += cross_field_errors(normalized) + uri_errors(normalized)
+        queue = normalized.get("queue")
+        if queue is not None and "redis" not in queue and default_redis is None:
+            errors.append(
+                "spec.queue.redis: required: this operator has no default Redis "
+                "(UPSCALER_REDIS_URL or UPSCALER_REDIS_SECRET)"
+            )
+        errors += env_errors(normalized, default_redis)
     if errors:
         raise InvalidSpec(errors)
-    return _typed(normalized)
+    return _typed(normalized, default_redis)
 
 
-def _typed(spec: Mapping[str, Any]) -> DeploymentSpec:
+def _redis(raw: Mapping[str, Any]) -> RedisSpec:
+    secret = raw.get("secretRef")
+    return RedisSpec(
+        url=raw.get("url"),
+        secret=None if secret is None else SecretKey(name=secret["name"], key=secret["key"]),
+        database_index=raw.get("databaseIndex", 0),
+        tls=raw.get("tls", False),
+    )
+
+
+def _queue(raw: Mapping[str, Any] | None, default: RedisSpec | None) -> QueueSpec | None:
+    if raw is None:
+        return None
+    redis = _redis(raw["redis"]) if "redis" in raw else default
+    assert redis is not None  # parse_spec reported a queue without any Redis
+    return QueueSpec(
+        redis=redis,
+        prefix=raw.get("prefix"),
+        max_queued=raw.get("maxQueued"),
+        lease_seconds=raw.get("leaseSeconds"),
+    )
+
+
+def _outputs(raw: Mapping[str, Any] | None, queue: QueueSpec | None) -> OutputsSpec:
+    if raw is None:  # the operator's default: shared outputs with a shared queue
+        return OutputsSpec(store="redis" if queue is not None else "memory")
+    s3 = raw.get("s3")
+    if s3 is None:
+        return OutputsSpec(store=raw["store"])
+    credentials = s3.get("credentialsSecret")
+    return OutputsSpec(
+        store=raw["store"],
+        s3=S3Spec(
+            bucket=s3["bucket"],
+            prefix=s3.get("prefix"),
+            endpoint_url=s3.get("endpointUrl"),
+            public_url=s3.get("publicUrl"),
+            region=s3.get("region"),
+            credentials=None
+            if credentials is None
+            else S3Credentials(
+                name=credentials["name"],
+                access_key_id_key=credentials["accessKeyIdKey"],
+                secret_access_key_key=credentials["secretAccessKeyKey"],
+            ),
+        ),
+    )
+
+
+def _typed(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> DeploymentSpec:
     model, scaling = spec.get("model", {}), spec["scaling"]
     pricing, predictor = spec.get("pricing", {}), spec.get("predictor", {})
     defaults, gpu = spec.get("defaults", {}), spec.get("gpu")
+    queue = _queue(spec.get("queue"), default_redis)
     return DeploymentSpec(
         engine=spec["engine"],
         model=ModelSpec(
@@ -202,6 +463,7 @@ def _typed(spec: Mapping[str, Any]) -> DeploymentSpec:
             max_replicas=scaling["maxReplicas"],
             target_concurrency=scaling["targetConcurrency"],
             target_cpu_utilization=scaling["targetCpuUtilization"],
+            target_queue_length=scaling["targetQueueLength"],
             scale_to_zero_grace_period=scaling.get("scaleToZeroGracePeriod"),
         ),
         pricing=PricingSpec(
@@ -221,4 +483,6 @@ def _typed(spec: Mapping[str, Any]) -> DeploymentSpec:
             output_format=defaults.get("outputFormat"),
         ),
         request_timeout_seconds=spec["requestTimeoutSeconds"],
+        queue=queue,
+        outputs=_outputs(spec.get("outputs"), queue),
     )

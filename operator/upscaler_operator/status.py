@@ -1,10 +1,12 @@
 """The UpscalerDeployment's status: its InferenceService's state, its own reconcile, the cost.
 
-Three conditions, each with type, status, reason, message and lastTransitionTime (kept while the
+Four conditions, each with type, status, reason, message and lastTransitionTime (kept while the
 status stays the same, as Kubernetes conditions do):
 - ``Reconciled``: the spec was valid and every child was applied;
 - ``InferenceServiceReady``: KServe's Ready condition, mirrored;
-- ``Ready``: both of the above; its message says what is missing.
+- ``Ready``: both of the above; its message says what is missing;
+- ``Autoscaling``: who scales the predictor on what (Knative, KServe's HPA, or KEDA on the shared
+  queue, with KEDA's own Ready condition mirrored); False when KEDA should but cannot.
 """
 
 from __future__ import annotations
@@ -14,9 +16,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from upscaler_operator.builders import (
+    HPA,
+    HPA_WITHOUT_KEDA,
+    KEDA,
+    KEDA_API_VERSION,
+    KNATIVE,
+    RUNNING_SUFFIX,
+    WAITING_SUFFIX,
+)
 from upscaler_operator.spec import DeploymentSpec
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
+
+@dataclass(frozen=True)
+class ConditionState:
+    status: str
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,7 @@ class Outcome:
     invalid: list[str] | None = None  # spec errors, each naming its field
     failure: str | None = None  # an API error while applying children
     applied: tuple[str, ...] = ()  # kinds of the children now up to date
+    autoscaling: ConditionState | None = None  # None: the Autoscaling condition stays as it was
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,77 @@ def isvc_state(isvc: Mapping[str, Any] | None) -> IsvcState:
     return IsvcState(value, reason, message, url, int(replicas))
 
 
+def autoscaling_state(
+    spec: DeploymentSpec,
+    scaler: str,
+    *,
+    prefix: str | None = None,
+    scaled_object: Mapping[str, Any] | None = None,
+) -> ConditionState:
+    """The Autoscaling condition: who scales the predictor, and (KEDA) whether it can."""
+    scaling = spec.scaling
+    span = f"{scaling.min_replicas}–{scaling.max_replicas} replicas"
+    if scaler == KNATIVE:
+        message = (
+            f"Knative scales {span} on in-flight requests "
+            f"(target {scaling.target_concurrency} per replica)"
+        )
+        if spec.queue is not None:
+            message += (
+                "; queued requests are shared through Redis but add no replicas "
+                "(RawDeployment scales on the queue)"
+            )
+        return ConditionState(TRUE, "Knative", message + _unshared_warning(spec))
+    if scaler == HPA:
+        message = f"KServe's HPA scales {span} on CPU (target {scaling.target_cpu_utilization}%)"
+        return ConditionState(TRUE, "HPA", message + _unshared_warning(spec))
+    if scaler == HPA_WITHOUT_KEDA:
+        low = max(1, scaling.min_replicas)
+        return ConditionState(
+            FALSE,
+            "KEDANotInstalled",
+            f"{KEDA_API_VERSION} scaledobjects is not served (KEDA is not installed), so nothing "
+            f"scales on the queue: KServe's HPA scales {low}–{scaling.max_replicas} replicas on "
+            "CPU instead; once KEDA is installed the next reconcile adds the ScaledObject",
+        )
+    assert scaler == KEDA
+    return _keda_state(spec, prefix or "", scaled_object)
+
+
+def _unshared_warning(spec: DeploymentSpec) -> str:
+    if spec.queue is not None or spec.scaling.max_replicas < 2:
+        return ""
+    return (
+        "; without spec.queue each replica keeps its own queue, so a queued request's status "
+        "or result asked of another replica is not found"
+    )
+
+
+def _keda_state(
+    spec: DeploymentSpec, prefix: str, scaled_object: Mapping[str, Any] | None
+) -> ConditionState:
+    name = ((scaled_object or {}).get("metadata") or {}).get("name", "ScaledObject")
+    found = {
+        c.get("type"): c
+        for c in ((scaled_object or {}).get("status") or {}).get("conditions") or []
+        if isinstance(c, dict)
+    }
+    ready = found.get("Ready")
+    if ready is None or ready.get("status") not in (TRUE, FALSE):
+        return ConditionState(UNKNOWN, "Pending", f"waiting for KEDA to report on {name}")
+    if ready["status"] == FALSE:
+        reason = ready.get("reason") or "ScaledObjectNotReady"
+        return ConditionState(FALSE, reason, f"KEDA, {name}: {ready.get('message') or reason}")
+    scaling = spec.scaling
+    active = (found.get("Active") or {}).get("status") == TRUE
+    message = (
+        f"KEDA scales {scaling.min_replicas}–{scaling.max_replicas} replicas on Redis "
+        f"{prefix}{WAITING_SUFFIX} and {prefix}{RUNNING_SUFFIX}: one per running request plus "
+        f"one per {scaling.target_queue_length} waiting; {'active' if active else 'idle'}"
+    )
+    return ConditionState(TRUE, "KEDAScaling", message)
+
+
 def replica_hourly_usd(spec: DeploymentSpec | None) -> float:
     """Price of one replica-hour: GPUs × GPU price (chronoedit) or the CPU replica price (sr)."""
     if spec is None:
@@ -78,7 +168,7 @@ def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, s
 
 
 def conditions(outcome: Outcome, isvc: IsvcState) -> list[dict[str, str]]:
-    """The three conditions, without transition times."""
+    """The conditions, without transition times (Autoscaling only when the outcome knows it)."""
     if outcome.invalid is not None:
         reconciled = _condition("Reconciled", FALSE, "InvalidSpec", "; ".join(outcome.invalid))
     elif outcome.failure is not None:
@@ -95,7 +185,11 @@ def conditions(outcome: Outcome, isvc: IsvcState) -> list[dict[str, str]]:
         )
     else:
         ready = _condition("Ready", TRUE, "Ready", f"serving at {isvc.url or '(no URL yet)'}")
-    return [ready, isvc_ready, reconciled]
+    found = [ready, isvc_ready, reconciled]
+    if outcome.autoscaling is not None:
+        scaling = outcome.autoscaling
+        found.append(_condition("Autoscaling", scaling.status, scaling.reason, scaling.message))
+    return found
 
 
 def build_status(
@@ -120,6 +214,9 @@ def build_status(
         same = before is not None and before.get("status") == condition["status"]
         since = before.get("lastTransitionTime") if same and before else None
         stamped.append({**condition, "lastTransitionTime": since or timestamp})
+    kept = previous_conditions.get("Autoscaling")
+    if outcome.autoscaling is None and kept is not None:  # children left as they were
+        stamped.append(dict(kept))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": stamped,

@@ -19,11 +19,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 KSERVE_DIR = ROOT.parent / "shared" / "kserve"
 KSERVE_CRD = KSERVE_DIR / "serving.kserve.io_inferenceservices.yaml"
+KEDA_CRD = ROOT.parent / "shared" / "keda" / "keda.sh_scaledobjects.yaml"
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 
 CR_RESOURCE = "serving.chrono-upscaler.dev/v1alpha1/upscalerdeployments"
 ISVC_RESOURCE = "serving.kserve.io/v1beta1/inferenceservices"
 PODMONITOR_RESOURCE = "monitoring.coreos.com/v1/podmonitors"
+SCALEDOBJECT_RESOURCE = "keda.sh/v1alpha1/scaledobjects"
 CONFIGMAP_RESOURCE = "v1/configmaps"
 
 
@@ -67,6 +69,22 @@ def kserve_validator() -> jsonschema.Validator:
 
 
 @pytest.fixture(scope="session")
+def keda_schema() -> dict[str, Any]:
+    """KEDA's v1alpha1 ScaledObject schema (with its CEL rules), as KEDA's CRD ships it."""
+    if not KEDA_CRD.exists():
+        pytest.skip(f"KEDA's CRD is not at {KEDA_CRD}")
+    crd = yaml.safe_load(KEDA_CRD.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+@pytest.fixture(scope="session")
+def keda_validator(keda_schema: dict[str, Any]) -> jsonschema.Validator:
+    """KEDA's ScaledObject schema, strict."""
+    return jsonschema.Draft7Validator(strict_schema(keda_schema))
+
+
+@pytest.fixture(scope="session")
 def crd_validator() -> jsonschema.Validator:
     """Our own CRD's schema, strict."""
     from upscaler_operator.crd import openapi_schema
@@ -96,7 +114,7 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
-def new_emulator(pod_monitors: bool) -> Any:
+def new_emulator(pod_monitors: bool, keda: bool = False) -> Any:
     from tests.operator.kube_emulator import RealisticEmulator
 
     emulator = RealisticEmulator()
@@ -121,6 +139,15 @@ def new_emulator(pod_monitors: bool) -> Any:
     if pod_monitors:
         emulator.resources[PODMONITOR_RESOURCE] = kmock.ResourceInfo(
             kind="PodMonitor", singular="podmonitor", namespaced=True, verbs=verbs
+        )
+    if keda:
+        emulator.resources[SCALEDOBJECT_RESOURCE] = kmock.ResourceInfo(
+            kind="ScaledObject",
+            singular="scaledobject",
+            namespaced=True,
+            verbs=verbs,
+            shortnames={"so"},
+            subresources={"status"},
         )
     return emulator
 
@@ -188,11 +215,23 @@ def configmap_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps/{name}"
 
 
+def scaled_object_path(namespace: str, name: str) -> str:
+    return f"/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects/{name}"
+
+
 @asynccontextmanager
 async def running_operator(
-    *, pod_monitors: bool = False, existing: tuple[dict[str, Any], ...] = ()
+    *,
+    pod_monitors: bool = False,
+    keda: bool = False,
+    existing: tuple[dict[str, Any], ...] = (),
+    **config: Any,
 ) -> AsyncIterator[Cluster]:
-    """kopf in this loop against a fresh emulator; ``existing`` CRs are there before it starts."""
+    """kopf in this loop against a fresh emulator; ``existing`` CRs are there before it starts.
+
+    ``keda`` registers KEDA's ScaledObject kind (as if KEDA were installed); ``config`` adds
+    OperatorConfig fields (e.g. a default Redis).
+    """
     import kopf
     from upscaler_operator.config import OperatorConfig
     from upscaler_operator.handlers import build_registry
@@ -200,23 +239,25 @@ async def running_operator(
     from upscaler_operator.metrics import Metrics
     from upscaler_operator.reconcile import Reconciler
 
-    emulator = new_emulator(pod_monitors)
+    emulator = new_emulator(pod_monitors, keda)
     for body in existing:  # as left by an earlier run of the operator (no kopf annotations)
         meta = body["metadata"]
         emulator.objects[CR_RESOURCE, meta["namespace"], meta["name"]] = copy.deepcopy(body)
     async with emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         # short watches: kmock ignores timeoutSeconds, so the client side ends them
-        config = OperatorConfig(watch_timeout_s=5, retry_delay_s=1, monitoring_ttl_s=0.2, workers=4)
+        settings = OperatorConfig(
+            watch_timeout_s=5, retry_delay_s=1, discovery_ttl_s=0.2, workers=4, **config
+        )
         metrics = Metrics()
-        reconciler = Reconciler(Kube.for_server(url), metrics, config)
+        reconciler = Reconciler(Kube.for_server(url), metrics, settings)
 
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=url, insecure=True)
 
         task = asyncio.create_task(
             kopf.operator(
-                registry=build_registry(reconciler, config, login=login),
+                registry=build_registry(reconciler, settings, login=login),
                 settings=kopf.OperatorSettings(),
                 standalone=True,
                 clusterwide=True,
@@ -224,6 +265,8 @@ async def running_operator(
         )
         cluster = Cluster(emulator, url, metrics, reconciler)
         watched = ["/upscalerdeployments", "/inferenceservices", "/configmaps"]
+        if keda:
+            watched.append("/scaledobjects")
         try:
             for part in watched:  # objects made before a watch starts may be missed by kmock
                 await wait_until(

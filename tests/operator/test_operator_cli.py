@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from upscaler_operator.__main__ import build_parser, config_from_args, main
 from upscaler_operator.crd import crd_text
 
@@ -68,3 +69,24 @@ def test_operator_cli_without_credentials_exits_cleanly(tmp_path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "no Kubernetes credentials" in done.stderr
+
+
+def test_operator_cli_default_redis_from_the_environment() -> None:
+    settings = config([], {"UPSCALER_REDIS_URL": "redis://redis.upscaler.svc:6379/0"})
+    assert settings.default_redis_url == "redis://redis.upscaler.svc:6379/0"
+    assert settings.default_redis_secret is None
+    settings = config([], {"UPSCALER_REDIS_SECRET": "upscaler-redis"})
+    assert (settings.default_redis_url, settings.default_redis_secret) == (None, "upscaler-redis")
+    assert config([]).default_redis_url is None and config([]).default_redis_secret is None
+    settings = config(["--default-redis-secret", "r"], {"UPSCALER_REDIS_SECRET": "x"})
+    assert settings.default_redis_secret == "r"
+
+
+def test_operator_cli_refuses_a_default_redis_with_credentials(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--default-redis-url", "redis://:hunter2@redis:6379/0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "carries credentials" in err and "hunter2" not in err
+    with pytest.raises(SystemExit):
+        main(["--default-redis-url", "redis://r", "--default-redis-secret", "s"])

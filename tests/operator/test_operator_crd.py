@@ -10,7 +10,7 @@ import pytest
 from upscaler_operator import spec as spec_module
 from upscaler_operator.crd import crd_text, load_crd, openapi_schema, spec_schema
 from upscaler_operator.spec import InvalidSpec, parse_spec
-from upscaler_operator.status import Outcome, build_status
+from upscaler_operator.status import ConditionState, Outcome, build_status
 
 from tests.operator.conftest import ROOT, load_examples, strict_schema, validation_errors
 from tests.operator.schema_tools import apply_defaults, cel_errors, compile_rule
@@ -93,7 +93,13 @@ def test_operator_crd_declares_every_status_field_the_operator_writes(crd_valida
             "modelStatus": {"copies": {"totalCopies": 2}},
         }
     }
-    for outcome in (Outcome(applied=("ConfigMap",)), Outcome(invalid=["a"]), Outcome(failure="b")):
+    keda = ConditionState("False", "KEDANotInstalled", "not served")
+    outcomes = (
+        Outcome(applied=("ConfigMap",), autoscaling=keda),
+        Outcome(invalid=["a"]),
+        Outcome(failure="b"),
+    )
+    for outcome in outcomes:
         status = build_status(
             generation=3, previous=None, spec=spec, outcome=outcome, isvc=isvc, isvc_name="x"
         )
@@ -110,14 +116,28 @@ def test_operator_examples_are_valid(filename: str, body: dict[str, Any], crd_va
     parse_spec(body["spec"], name=body["metadata"]["name"])  # the operator accepts it too
 
 
-def test_operator_examples_cover_gpu_chronoedit_and_cpu_sr() -> None:
-    engines = {body["spec"]["engine"]: body for _, body in load_examples()}
-    assert engines["chronoedit"]["spec"]["gpu"]["count"] >= 1
-    assert "gpu" not in engines["sr"]["spec"]
+#: the example each test case starts from
+EXAMPLE_FILES = {
+    "chronoedit": "upscaler.yaml",
+    "sr": "upscaler-sr-cpu.yaml",
+    "queue": "upscaler-queue.yaml",
+}
 
 
-def _example(engine: str) -> dict[str, Any]:
-    return copy.deepcopy(next(b for _, b in load_examples() if b["spec"]["engine"] == engine))
+def test_operator_examples_cover_gpu_chronoedit_cpu_sr_and_the_shared_queue() -> None:
+    examples = dict(load_examples())
+    assert set(EXAMPLE_FILES.values()) <= set(examples)
+    assert examples["upscaler.yaml"]["spec"]["gpu"]["count"] >= 1
+    assert "gpu" not in examples["upscaler-sr-cpu.yaml"]["spec"]
+    queue = examples["upscaler-queue.yaml"]["spec"]
+    assert queue["engine"] == "chronoedit" and queue["scaling"]["mode"] == "RawDeployment"
+    assert queue["scaling"]["minReplicas"] == 0  # KEDA scales it from zero
+    assert "secretRef" in queue["queue"]["redis"]  # the password stays in a Secret
+    assert queue["outputs"]["store"] in ("s3", "redis")
+
+
+def _example(which: str) -> dict[str, Any]:
+    return copy.deepcopy(dict(load_examples())[EXAMPLE_FILES[which]])
 
 
 def _with(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -130,7 +150,7 @@ def _with(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return body
 
 
-# (example engine, field to set, value, where the schema catches it)
+# (example, field to set, value, where the schema catches it)
 SCHEMA_REJECTS = [
     ("chronoedit", "spec.scaling.minReplicas", -1, "spec.scaling.minReplicas"),
     ("chronoedit", "spec.scaling.maxReplicas", 0, "spec.scaling.maxReplicas"),
@@ -144,14 +164,25 @@ SCHEMA_REJECTS = [
     ("chronoedit", "spec.scaling.scaleToZeroGracePeriod", "5 minutes", "spec.scaling"),
     ("chronoedit", "spec.scaling.maxReplica", 3, "spec.scaling"),  # a typo'd field
     ("sr", "spec.predictor.resources.limits.cpu", "two", "spec.predictor.resources.limits"),
+    ("queue", "spec.scaling.targetQueueLength", 0, "spec.scaling.targetQueueLength"),
+    ("queue", "spec.queue.maxQueued", 0, "spec.queue.maxQueued"),
+    ("queue", "spec.queue.leaseSeconds", 0, "spec.queue.leaseSeconds"),
+    ("queue", "spec.queue.prefix", "has space", "spec.queue.prefix"),
+    ("queue", "spec.queue.redis.url", "http://redis:6379", "spec.queue.redis.url"),
+    ("queue", "spec.queue.redis.secretRef.name", "Not_A_Name", "spec.queue.redis.secretRef.name"),
+    ("queue", "spec.queue.redis.secretRef.namme", "x", "spec.queue.redis.secretRef"),  # typo
+    ("queue", "spec.outputs.store", "gcs", "spec.outputs.store"),
+    ("queue", "spec.outputs.s3.bucket", "Bad_Bucket", "spec.outputs.s3.bucket"),
+    ("queue", "spec.outputs.s3.endpointUrl", "minio:9000", "spec.outputs.s3.endpointUrl"),
+    ("queue", "spec.outputs.s3.prefix", "/abs", "spec.outputs.s3.prefix"),
 ]
 
 
-@pytest.mark.parametrize(("engine", "field", "value", "where"), SCHEMA_REJECTS)
+@pytest.mark.parametrize(("which", "field", "value", "where"), SCHEMA_REJECTS)
 def test_operator_crd_schema_rejects_bad_values(
-    engine: str, field: str, value: Any, where: str, crd_validator
+    which: str, field: str, value: Any, where: str, crd_validator
 ) -> None:
-    body = _with(_example(engine), field, value)
+    body = _with(_example(which), field, value)
     errors = validation_errors(crd_validator, body)
     assert errors, f"{field}={value!r} passed the schema"
     assert any(error.startswith(where) for error in errors), errors
@@ -160,7 +191,7 @@ def test_operator_crd_schema_rejects_bad_values(
     assert any(message.startswith(where) for message in caught.value.errors), caught.value.errors
 
 
-# (example engine, changes, the CEL message)
+# (example, changes, the CEL message)
 CEL_REJECTS = [
     (
         "chronoedit",
@@ -170,13 +201,51 @@ CEL_REJECTS = [
     (
         "sr",
         {"spec.scaling.minReplicas": 0},
-        "spec.scaling.minReplicas must be at least 1 in RawDeployment mode (scale to zero needs "
-        "Serverless)",
+        "spec.scaling.minReplicas must be at least 1 in RawDeployment mode without spec.queue "
+        "(scale to zero needs Serverless, or KEDA on a shared queue)",
     ),
     (
         "sr",
         {"spec.scaling.scaleToZeroGracePeriod": "60s"},
-        "spec.scaling.scaleToZeroGracePeriod applies to Serverless mode only",
+        "spec.scaling.scaleToZeroGracePeriod applies to Serverless mode, or to RawDeployment "
+        "with spec.queue (KEDA's cooldown)",
+    ),
+    (
+        "chronoedit",
+        {"spec.outputs": {"store": "redis"}},
+        "spec.outputs.store redis keeps outputs in the queue's Redis: set spec.queue",
+    ),
+    (
+        "queue",
+        {"spec.queue.redis": {"url": "redis://r:6379", "secretRef": {"name": "r"}}},
+        "spec.queue.redis: set exactly one of url and secretRef",
+    ),
+    (
+        "queue",
+        {"spec.queue.redis": {}},
+        "spec.queue.redis: set exactly one of url and secretRef",
+    ),
+    (
+        "queue",
+        {"spec.queue.redis": {"url": "redis://:hunter2@redis:6379/0"}},
+        "spec.queue.redis.url must not carry credentials; put the URL in a Secret and name it "
+        "in spec.queue.redis.secretRef",
+    ),
+    (
+        "queue",
+        {"spec.queue.redis": {"url": "rediss://redis:6380/1", "databaseIndex": 1}},
+        "spec.queue.redis: databaseIndex and tls go with secretRef only (a url carries its own: "
+        "/<db>, rediss://)",
+    ),
+    (
+        "queue",
+        {"spec.outputs": {"store": "s3"}},
+        "spec.outputs.s3 is required for store s3, and only for it",
+    ),
+    (
+        "queue",
+        {"spec.outputs.store": "redis"},
+        "spec.outputs.s3 is required for store s3, and only for it",
     ),
     (
         "chronoedit",
@@ -204,11 +273,11 @@ CEL_REJECTS = [
 ]
 
 
-@pytest.mark.parametrize(("engine", "changes", "message"), CEL_REJECTS)
+@pytest.mark.parametrize(("which", "changes", "message"), CEL_REJECTS)
 def test_operator_crd_cel_rules_reject_and_the_operator_agrees(
-    engine: str, changes: dict[str, Any], message: str, crd_validator
+    which: str, changes: dict[str, Any], message: str, crd_validator
 ) -> None:
-    body = _example(engine)
+    body = _example(which)
     for field, value in changes.items():
         body = _with(body, field, value)
     assert validation_errors(crd_validator, body) == []  # only CEL catches these
@@ -216,6 +285,31 @@ def test_operator_crd_cel_rules_reject_and_the_operator_agrees(
     with pytest.raises(InvalidSpec) as caught:
         parse_spec(body["spec"], name=body["metadata"]["name"])
     assert caught.value.errors == [message]  # the same words when the API server skipped them
+
+
+# (example, changes) that only a shared queue makes valid: KEDA scales a RawDeployment from zero
+QUEUE_ALLOWS = [
+    ("queue", {"spec.scaling.minReplicas": 0, "spec.scaling.scaleToZeroGracePeriod": "90s"}),
+    ("sr", {"spec.scaling.minReplicas": 0, "spec.queue": {"redis": {"url": "redis://r/2"}}}),
+    ("sr", {"spec.queue": {}, "spec.outputs": {"store": "redis"}}),  # the operator's Redis
+    ("queue", {"spec.queue.redis": {"url": "rediss://[fd00::1]:6380/3"}}),
+    ("queue", {"spec.queue.redis.databaseIndex": 2, "spec.queue.redis.tls": True}),
+]
+
+
+@pytest.mark.parametrize(("which", "changes"), QUEUE_ALLOWS)
+def test_operator_crd_accepts_what_a_shared_queue_allows(
+    which: str, changes: dict[str, Any], crd_validator
+) -> None:
+    from upscaler_operator.spec import RedisSpec
+
+    body = _example(which)
+    for field, value in changes.items():
+        body = _with(body, field, value)
+    assert validation_errors(crd_validator, body) == []
+    assert cel_errors(openapi_schema(), body) == []
+    default = RedisSpec(url="redis://redis.upscaler.svc:6379/0")
+    parse_spec(body["spec"], name=body["metadata"]["name"], default_redis=default)
 
 
 def test_operator_crd_defaults_match_the_typed_model() -> None:
@@ -228,6 +322,7 @@ def test_operator_crd_defaults_match_the_typed_model() -> None:
         "maxReplicas": scaling.max_replicas,
         "targetConcurrency": scaling.target_concurrency,
         "targetCpuUtilization": scaling.target_cpu_utilization,
+        "targetQueueLength": scaling.target_queue_length,
     }
     assert (
         defaulted["requestTimeoutSeconds"]
@@ -239,3 +334,9 @@ def test_operator_crd_defaults_match_the_typed_model() -> None:
     assert gpu["count"]["default"] == spec_module.GpuSpec().count
     assert gpu["resourceName"]["default"] == spec_module.GpuSpec().resource_name
     assert parse_spec({"engine": "sr"}, name="x") == spec_module.DeploymentSpec("sr")
+    redis = spec_schema()["properties"]["queue"]["properties"]["redis"]["properties"]
+    assert redis["secretRef"]["properties"]["key"]["default"] == "url"
+    s3 = spec_schema()["properties"]["outputs"]["properties"]["s3"]["properties"]
+    secret, typed = s3["credentialsSecret"]["properties"], spec_module.S3Credentials("x")
+    assert secret["accessKeyIdKey"]["default"] == typed.access_key_id_key
+    assert secret["secretAccessKeyKey"]["default"] == typed.secret_access_key_key

@@ -23,12 +23,14 @@ from tests.operator.conftest import (
     ISVC_RESOURCE,
     PODMONITOR_RESOURCE,
     ROOT,
+    SCALEDOBJECT_RESOURCE,
     Cluster,
     configmap_path,
     cr_path,
     isvc_path,
     new_emulator,
     running_operator,
+    scaled_object_path,
     wait_until,
 )
 
@@ -278,6 +280,131 @@ async def test_operator_retries_after_an_api_conflict() -> None:
             lambda: conditions(cluster)["Reconciled"]["status"] == "True", message="reconciled"
         )
         assert cluster.reconciles("error") >= 1
+
+
+QUEUED = {
+    "scaling": {"mode": "RawDeployment", "minReplicas": 0, "maxReplicas": 4},
+    "queue": {"redis": {"secretRef": {"name": "upscaler-redis"}}},
+}
+AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
+
+
+def autoscaler_class(cluster: Cluster, name: str = NAME) -> str | None:
+    isvc = cluster.get(ISVC_RESOURCE, NS, name) or {}
+    return ((isvc.get("metadata") or {}).get("annotations") or {}).get(AUTOSCALER_CLASS)
+
+
+async def test_operator_scales_a_queued_raw_deployment_with_keda_and_removes_it_after() -> None:
+    async with running_operator(keda=True) as cluster:
+        created = await create(cluster, deployment(**QUEUED))
+        scaled = await wait_until(
+            lambda: cluster.get(SCALEDOBJECT_RESOURCE, NS, f"{NAME}-predictor"),
+            message="the ScaledObject",
+        )
+        (ref,) = scaled["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "UpscalerDeployment",
+            NAME,
+            created["metadata"]["uid"],
+            True,
+        )
+        assert scaled["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "upscaler-operator"
+        body = scaled["spec"]
+        assert body["scaleTargetRef"]["name"] == f"{NAME}-predictor"
+        assert (body["minReplicaCount"], body["maxReplicaCount"]) == (0, 4)
+        assert body["triggers"][0]["metadata"]["listName"] == f"{NS}:{NAME}:waiting"
+        await wait_until(lambda: autoscaler_class(cluster) == "external", message="external")
+        isvc = cluster.get(ISVC_RESOURCE, NS, NAME)
+        assert isvc["spec"]["predictor"]["minReplicas"] == 0
+        assert "--redis-prefix" in container_args(isvc)
+        await wait_until(
+            lambda: conditions(cluster).get("Autoscaling", {}).get("reason") == "Pending",
+            message="Autoscaling pending",
+        )
+
+        # KEDA reports on its ScaledObject: the deployment's Autoscaling condition follows
+        keda_status = {
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "ScaledObjectReady"},
+                    {"type": "Active", "status": "False", "reason": "ScalerNotActive"},
+                ]
+            }
+        }
+        path = scaled_object_path(NS, f"{NAME}-predictor")
+        await cluster.call("PATCH", path + "/status", keda_status)
+        await wait_until(
+            lambda: conditions(cluster)["Autoscaling"]["status"] == "True", message="KEDA ready"
+        )
+        autoscaling = conditions(cluster)["Autoscaling"]
+        assert autoscaling["reason"] == "KEDAScaling"
+        assert autoscaling["message"].endswith("idle")
+        assert conditions(cluster)["Ready"]["status"] == "False"  # KServe has not reported yet
+
+        # the spec drops the queue: the ScaledObject goes, KServe's HPA comes back
+        update = {"spec": {"queue": None, "scaling": {"minReplicas": 1}}}
+        await cluster.call("PATCH", cr_path(NS, NAME), update)
+        await wait_until(
+            lambda: cluster.get(SCALEDOBJECT_RESOURCE, NS, f"{NAME}-predictor") is None,
+            message="the ScaledObject deleted",
+        )
+        await wait_until(lambda: autoscaler_class(cluster) == "hpa", message="hpa")
+        await wait_until(
+            lambda: conditions(cluster)["Autoscaling"]["reason"] == "HPA", message="HPA"
+        )
+        assert cluster.get(ISVC_RESOURCE, NS, NAME)["metadata"]["uid"] == isvc["metadata"]["uid"]
+        assert len(cluster.requests("DELETE", "/scaledobjects/")) == 1
+
+
+async def test_operator_recreates_a_scaled_object_deleted_by_hand() -> None:
+    async with running_operator(keda=True) as cluster:
+        await create(cluster, deployment(**QUEUED))
+        name = f"{NAME}-predictor"
+        old = await wait_until(
+            lambda: cluster.get(SCALEDOBJECT_RESOURCE, NS, name), message="the ScaledObject"
+        )
+        await cluster.call("DELETE", scaled_object_path(NS, name))
+
+        def recreated() -> bool:
+            current = cluster.get(SCALEDOBJECT_RESOURCE, NS, name)
+            return current is not None and current["metadata"]["uid"] != old["metadata"]["uid"]
+
+        await wait_until(recreated, message="the ScaledObject back")
+
+
+async def test_operator_without_keda_says_so_and_keeps_running() -> None:
+    async with running_operator(keda=False) as cluster:
+        await create(cluster, deployment(**QUEUED))
+        await wait_until(lambda: "Autoscaling" in conditions(cluster), message="Autoscaling")
+        found = conditions(cluster)
+        assert found["Autoscaling"]["status"] == "False"
+        assert found["Autoscaling"]["reason"] == "KEDANotInstalled"
+        assert "KServe's HPA scales 1–4 replicas on CPU instead" in found["Autoscaling"]["message"]
+        assert found["Reconciled"]["status"] == "True"  # everything it could make is there
+        isvc = cluster.get(ISVC_RESOURCE, NS, NAME)
+        assert autoscaler_class(cluster) == "hpa"
+        assert isvc["spec"]["predictor"]["minReplicas"] == 1
+        assert cluster.objects(SCALEDOBJECT_RESOURCE) == {}
+        assert not cluster.requests("POST", "/scaledobjects")
+        # the operator goes on serving others
+        await create(cluster, deployment("other"))
+        assert conditions(cluster, "other")["Reconciled"]["status"] == "True"
+        assert conditions(cluster, "other")["Autoscaling"]["reason"] == "Knative"
+
+
+async def test_operator_uses_its_default_redis_for_a_queue_that_names_none() -> None:
+    async with running_operator(keda=True, default_redis_url="redis://redis.upscaler:6379/1") as (
+        cluster
+    ):
+        await create(cluster, deployment(queue={}, scaling=QUEUED["scaling"]))
+        scaled = await wait_until(
+            lambda: cluster.get(SCALEDOBJECT_RESOURCE, NS, f"{NAME}-predictor"),
+            message="the ScaledObject",
+        )
+        metadata = scaled["spec"]["triggers"][0]["metadata"]
+        assert (metadata["address"], metadata["databaseIndex"]) == ("redis.upscaler:6379", "1")
+        args = container_args(cluster.get(ISVC_RESOURCE, NS, NAME))
+        assert args[args.index("--redis-url") + 1] == "redis://redis.upscaler:6379/1"
 
 
 def _free_port() -> int:

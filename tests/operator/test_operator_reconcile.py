@@ -35,12 +35,13 @@ CR = "/apis/serving.chrono-upscaler.dev/v1alpha1/namespaces/ns/upscalerdeploymen
 class FakeKube:
     """Objects by path; records writes; optional failures by (method, path)."""
 
-    def __init__(self, podmonitors: bool = False) -> None:
+    def __init__(self, podmonitors: bool = False, keda: bool = False) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str]] = []
         self.failures: dict[tuple[str, str], KubeError] = {}
         self.podmonitors = podmonitors
-        self.discoveries = 0
+        self.keda = keda
+        self.discoveries: list[str] = []
         self._uids = itertools.count(1)
 
     def _fail(self, method: str, path: str) -> None:
@@ -79,8 +80,15 @@ class FakeKube:
         self.writes.append(("PATCH", ref.path + "/status"))
         return copy.deepcopy(body)
 
+    def delete(self, ref: Ref) -> None:
+        self._fail("DELETE", ref.path)
+        if self.objects.pop(ref.path, None) is not None:
+            self.writes.append(("DELETE", ref.path))
+
     def resources(self, api_version: str) -> set[str] | None:
-        self.discoveries += 1
+        self.discoveries.append(api_version)
+        if api_version == "keda.sh/v1alpha1":
+            return {"scaledobjects", "triggerauthentications"} if self.keda else None
         return {"podmonitors", "servicemonitors"} if self.podmonitors else None
 
 
@@ -186,12 +194,12 @@ def test_operator_invalid_spec_leaves_children_and_keeps_reporting_the_service()
 
 def test_operator_pod_monitor_follows_discovery_with_a_cache() -> None:
     kube = FakeKube(podmonitors=True)
-    operator = reconciler(kube, monitoring_ttl_s=3600)
+    operator = reconciler(kube, discovery_ttl_s=3600)
     run(operator, kube, deployment())
     monitor = "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors/up-predictor"
     assert monitor in kube.objects
     run(operator, kube, deployment())
-    assert kube.discoveries == 1
+    assert sorted(kube.discoveries) == ["keda.sh/v1alpha1", "monitoring.coreos.com/v1"]
 
 
 def test_operator_patch_operations_keep_foreign_metadata_and_drop_stale_managed_keys() -> None:
@@ -252,3 +260,117 @@ def test_operator_reconcile_skips_deployments_gone_or_being_deleted() -> None:
     going["metadata"]["deletionTimestamp"] = "2026-11-25T00:00:00Z"
     assert run(operator, kube, going) is None
     assert kube.writes == []
+
+
+SCALED_OBJECT = "/apis/keda.sh/v1alpha1/namespaces/ns/scaledobjects/up-predictor"
+QUEUED = {
+    "scaling": {"mode": "RawDeployment", "minReplicas": 0, "maxReplicas": 4},
+    "queue": {"redis": {"url": "redis://redis.queue.svc:6379/0"}},
+}
+
+
+def conditions_of(kube: FakeKube) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in kube.objects[CR]["status"]["conditions"]}
+
+
+def test_operator_reconcile_creates_a_scaled_object_after_the_inference_service() -> None:
+    kube = FakeKube(keda=True)
+    operator = reconciler(kube)
+    run(operator, kube, deployment(**QUEUED))
+    assert [w for w in kube.writes if not w[1].endswith("/status")] == [
+        ("POST", CATALOG),
+        ("POST", ISVC),
+        ("POST", SCALED_OBJECT),
+    ]
+    isvc_annotations = kube.objects[ISVC]["metadata"]["annotations"]
+    assert isvc_annotations[AUTOSCALER_CLASS_ANNOTATION] == "external"
+    autoscaling = conditions_of(kube)["Autoscaling"]
+    assert (autoscaling["status"], autoscaling["reason"]) == ("Unknown", "Pending")
+    assert "ScaledObject" in conditions_of(kube)["Reconciled"]["message"]
+
+    # KEDA reports: the condition follows at the next reconcile (a watch event on the child)
+    kube.objects[SCALED_OBJECT]["status"] = {
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "ScaledObjectReady"},
+            {"type": "Active", "status": "True"},
+        ]
+    }
+    kube.writes.clear()
+    run(operator, kube, deployment(**QUEUED))
+    autoscaling = conditions_of(kube)["Autoscaling"]
+    assert (autoscaling["status"], autoscaling["reason"]) == ("True", "KEDAScaling")
+    assert "ns:up:waiting" in autoscaling["message"] and autoscaling["message"].endswith("active")
+    assert kube.writes == [("PATCH", CR + "/status")]  # the status only: children unchanged
+
+
+def test_operator_reconcile_deletes_the_scaled_object_the_spec_no_longer_wants() -> None:
+    kube = FakeKube(keda=True)
+    operator = reconciler(kube)
+    run(operator, kube, deployment(**QUEUED))
+    kube.writes.clear()
+    plain = deployment(scaling={"mode": "RawDeployment", "minReplicas": 1, "maxReplicas": 4})
+    run(operator, kube, plain)
+    writes = [w for w in kube.writes if not w[1].endswith("/status")]
+    # first the ScaledObject (KEDA restores the replicas), then KServe's HPA comes back
+    assert writes == [("DELETE", SCALED_OBJECT), ("PATCH", ISVC)]
+    assert kube.objects[ISVC]["metadata"]["annotations"][AUTOSCALER_CLASS_ANNOTATION] == "hpa"
+    assert conditions_of(kube)["Autoscaling"]["reason"] == "HPA"
+    kube.writes.clear()
+    run(operator, kube, plain)
+    assert kube.writes == []  # nothing left to delete
+
+
+def test_operator_reconcile_leaves_a_scaled_object_it_did_not_make() -> None:
+    kube = FakeKube(keda=True)
+    theirs = {"metadata": {"name": "up-predictor", "labels": {"team": "a"}}, "spec": {}}
+    kube.objects[SCALED_OBJECT] = copy.deepcopy(theirs)
+    operator = reconciler(kube)
+    run(operator, kube, deployment())  # Serverless: no ScaledObject wanted
+    assert kube.objects[SCALED_OBJECT] == theirs
+    assert ("DELETE", SCALED_OBJECT) not in kube.writes
+
+
+def test_operator_reconcile_without_keda_reports_it_and_falls_back_to_hpa() -> None:
+    kube = FakeKube(keda=False)
+    operator = reconciler(kube)
+    assert run(operator, kube, deployment(**QUEUED)).outcome == "ok"
+    assert SCALED_OBJECT not in kube.objects
+    assert kube.objects[ISVC]["spec"]["predictor"]["minReplicas"] == 1
+    autoscaling = conditions_of(kube)["Autoscaling"]
+    assert (autoscaling["status"], autoscaling["reason"]) == ("False", "KEDANotInstalled")
+    assert conditions_of(kube)["Reconciled"]["status"] == "True"
+    # KEDA installed later: the next reconcile (after the discovery cache) adds it
+    kube.keda = True
+    operator = reconciler(kube)
+    run(operator, kube, deployment(**QUEUED))
+    assert SCALED_OBJECT in kube.objects
+    assert kube.objects[ISVC]["spec"]["predictor"]["minReplicas"] == 0
+
+
+def test_operator_reconcile_failed_delete_is_reported_and_retried() -> None:
+    kube = FakeKube(keda=True)
+    operator = reconciler(kube)
+    run(operator, kube, deployment(**QUEUED))
+    kube.failures[("DELETE", SCALED_OBJECT)] = KubeError(403, "Forbidden", "cannot delete")
+    with pytest.raises(ReconcileFailed, match="403 Forbidden"):
+        run(operator, kube, deployment())
+    reconciled = conditions_of(kube)["Reconciled"]
+    assert "ScaledObject up-predictor" in reconciled["message"]
+    assert conditions_of(kube)["Autoscaling"]["reason"] == "Pending"  # as it was
+
+
+def test_operator_reconcile_uses_the_operators_default_redis() -> None:
+    kube = FakeKube(keda=True)
+    operator = reconciler(kube, default_redis_secret="shared-redis")
+    run(operator, kube, deployment(queue={}, scaling=QUEUED["scaling"]))
+    env = kube.objects[ISVC]["spec"]["predictor"]["containers"][0]["env"]
+    assert env[0] == {
+        "name": "UPSCALER_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "shared-redis", "key": "url"}},
+    }
+    trigger = kube.objects[SCALED_OBJECT]["spec"]["triggers"][0]["metadata"]
+    assert trigger["addressFromEnv"] == "UPSCALER_REDIS_ADDRESS"
+    # without a default the same spec is invalid, and says why
+    other = FakeKube(keda=True)
+    assert run(reconciler(other), other, deployment(queue={})).outcome == "invalid"
+    assert "no default Redis" in conditions_of(other)["Ready"]["message"]

@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 from upscaler_operator import uris
 from upscaler_operator.openapi import normalize
-from upscaler_operator.spec import DEFAULT_UPSCALER_LORA, InvalidSpec, parse_spec
+from upscaler_operator.spec import (
+    DEFAULT_UPSCALER_LORA,
+    InvalidSpec,
+    OutputsSpec,
+    RedisSpec,
+    SecretKey,
+    default_redis,
+    parse_redis_url,
+    parse_spec,
+)
 
 BASE = {"engine": "chronoedit", "model": {"storageUri": "hf://nvidia/ChronoEdit-14B-Diffusers"}}
 
@@ -150,3 +159,124 @@ def test_operator_openapi_normalize_applies_nested_defaults_and_keeps_preserved_
     value, errors = normalize({"free": {"anything": [1, {"x": None}]}}, schema, "spec")
     assert errors == []
     assert value == {"free": {"anything": [1, {"x": None}]}, "outer": {"inner": 7}}
+
+
+QUEUE = {
+    **BASE,
+    "scaling": {"mode": "RawDeployment", "minReplicas": 0, "maxReplicas": 4},
+    "queue": {"redis": {"secretRef": {"name": "redis"}}},
+}
+
+
+def test_operator_spec_queue_and_outputs_typed_with_defaults() -> None:
+    spec = parse_spec(QUEUE, name="upscaler")
+    assert spec.queue is not None
+    assert spec.queue.redis.secret == SecretKey(name="redis", key="url")
+    assert spec.queue.redis.url is None and spec.queue.redis.address() is None
+    assert (spec.queue.prefix, spec.queue.max_queued, spec.queue.lease_seconds) == (None,) * 3
+    assert spec.outputs == OutputsSpec(store="redis")  # shared outputs with a shared queue
+    assert spec.scaling.target_queue_length == 2
+    without = parse_spec(BASE, name="upscaler")
+    assert without.queue is None and without.outputs == OutputsSpec(store="memory")
+    memory = parse_spec({**QUEUE, "outputs": {"store": "memory"}}, name="upscaler")
+    assert memory.outputs.store == "memory"  # allowed: sync_mode=true clients need no store
+
+
+def test_operator_spec_queue_falls_back_to_the_operators_redis() -> None:
+    spec = {**BASE, "queue": {}}
+    assert errors_of(spec) == [
+        "spec.queue.redis: required: this operator has no default Redis "
+        "(UPSCALER_REDIS_URL or UPSCALER_REDIS_SECRET)"
+    ]
+    default = default_redis(None, "shared-redis")
+    parsed = parse_spec(spec, name="upscaler", default_redis=default)
+    assert parsed.queue is not None and parsed.queue.redis == default
+    assert default == RedisSpec(secret=SecretKey(name="shared-redis", key="url"))
+    own = parse_spec({**BASE, "queue": {"redis": {"url": "redis://mine"}}}, name="x",
+                     default_redis=default)  # fmt: skip
+    assert own.queue is not None and own.queue.redis.url == "redis://mine"  # the CR's wins
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "expected"),
+    [
+        (None, None, None),
+        ("redis://redis.upscaler.svc:6379/0", None, RedisSpec(url="redis://redis.upscaler.svc:6379/0")),
+        (None, "redis", RedisSpec(secret=SecretKey("redis", "url"))),
+    ],
+)  # fmt: skip
+def test_operator_default_redis(url, secret, expected) -> None:
+    assert default_redis(url, secret) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "message"),
+    [
+        ("redis://r", "s", "not both"),
+        ("redis://:pw@redis:6379", None, "carries credentials"),
+        ("http://redis", None, "expected redis:// or rediss://"),
+    ],
+)
+def test_operator_default_redis_refuses(url, secret, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        default_redis(url, secret)
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "database", "tls"),
+    [
+        ("redis://redis", "redis:6379", 0, False),
+        ("redis://redis.queue.svc:6380/3", "redis.queue.svc:6380", 3, False),
+        ("rediss://10.0.0.7/1/", "10.0.0.7:6379", 1, True),
+        ("redis://[fd00::1]:7000", "[fd00::1]:7000", 0, False),
+    ],
+)
+def test_operator_redis_urls_parsed_for_keda(url, address, database, tls) -> None:
+    parsed = parse_redis_url(url)
+    assert (parsed.address, parsed.database_index, parsed.tls) == (address, database, tls)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://redis:99999", "spec.queue.redis.url: 'redis://redis:99999': bad port"),
+        ("redis://redis:0", "spec.queue.redis.url: 'redis://redis:0': bad port"),
+    ],
+)
+def test_operator_spec_rejects_redis_urls_the_schema_let_through(url: str, message: str) -> None:
+    assert errors_of({**BASE, "queue": {"redis": {"url": url}}}) == [message]
+
+
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ({**QUEUE, "predictor": {"env": [{"name": "UPSCALER_REDIS_URL", "value": "x"}]}},
+         "UPSCALER_REDIS_URL"),
+        ({**BASE, "outputs": {"store": "s3", "s3": {"bucket": "bkt", "region": "eu-west-1"}},
+          "predictor": {"env": [{"name": "AWS_DEFAULT_REGION", "value": "x"}]}},
+         "AWS_DEFAULT_REGION"),
+        ({**BASE, "outputs": {"store": "s3", "s3": {"bucket": "bkt",
+                                                    "credentialsSecret": {"name": "s"}}},
+          "predictor": {"env": [{"name": "A", "value": "1"},
+                                {"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}},
+         "AWS_SECRET_ACCESS_KEY"),
+    ],
+)  # fmt: skip
+def test_operator_spec_env_may_not_shadow_what_the_operator_sets(spec: Any, name: str) -> None:
+    (error,) = errors_of(spec)
+    assert error.startswith("spec.predictor.env[") and f": {name} is set by the operator" in error
+    # without the queue or outputs that set it, the name is the user's to use
+    plain = {**BASE, "predictor": spec["predictor"]}
+    parse_spec(plain, name="upscaler")
+
+
+def test_operator_spec_s3_outputs() -> None:
+    spec = parse_spec(
+        {**BASE, "outputs": {"store": "s3", "s3": {
+            "bucket": "outs", "prefix": "a/b/", "credentialsSecret": {"name": "keys"}}}},
+        name="upscaler",
+    )  # fmt: skip
+    s3 = spec.outputs.s3
+    assert s3 is not None and s3.url == "s3://outs/a/b"
+    assert s3.credentials is not None and s3.credentials.access_key_id_key == "AWS_ACCESS_KEY_ID"
+    assert spec.queue is None  # S3 outputs need no shared queue

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from upscaler_operator.builders import HPA, HPA_WITHOUT_KEDA, KEDA, KNATIVE
 from upscaler_operator.spec import parse_spec
 from upscaler_operator.status import (
+    ConditionState,
     Outcome,
+    autoscaling_state,
     build_status,
     hourly_cost,
     isvc_state,
@@ -142,3 +145,104 @@ def test_operator_status_patch_removes_what_went_away() -> None:
         "conditions": [{"type": "Ready"}],
     }
     assert status_patch(None, new) == new
+
+
+QUEUED = parse_spec(
+    {
+        "engine": "sr",
+        "scaling": {"mode": "RawDeployment", "minReplicas": 0, "maxReplicas": 6},
+        "queue": {"redis": {"url": "redis://redis"}},
+    },
+    name="x",
+)
+
+
+def scaled_object(*conditions: dict[str, str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"metadata": {"name": "x-predictor"}}
+    if conditions:
+        body["status"] = {"conditions": list(conditions)}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("spec", "scaler", "so", "status", "reason", "text"),
+    [
+        (CHRONOEDIT, KNATIVE, None, "True", "Knative", "Knative scales 0–1 replicas on in-flight"),
+        (parse_spec({"engine": "sr", "queue": {"redis": {"url": "redis://r"}}}, name="x"),
+         KNATIVE, None, "True", "Knative",
+         "queued requests are shared through Redis but add no replicas"),
+        (parse_spec({"engine": "sr", "scaling": {"mode": "RawDeployment", "minReplicas": 2,
+                                                 "maxReplicas": 3}}, name="x"),
+         HPA, None, "True", "HPA", "KServe's HPA scales 2–3 replicas on CPU (target 80%)"),
+        (QUEUED, HPA_WITHOUT_KEDA, None, "False", "KEDANotInstalled",
+         "KServe's HPA scales 1–6 replicas on CPU instead"),
+        (QUEUED, KEDA, scaled_object(), "Unknown", "Pending",
+         "waiting for KEDA to report on x-predictor"),
+        (QUEUED, KEDA, scaled_object(
+            {"type": "Ready", "status": "False", "reason": "ScaledObjectCheckFailed",
+             "message": "error parsing redis metadata: no addresses or hosts given"}),
+         "False", "ScaledObjectCheckFailed", "KEDA, x-predictor: error parsing redis metadata"),
+        (QUEUED, KEDA, scaled_object(
+            {"type": "Ready", "status": "True", "reason": "ScaledObjectReady"},
+            {"type": "Active", "status": "False"}),
+         "True", "KEDAScaling",
+         "KEDA scales 0–6 replicas on Redis ns:x:waiting and ns:x:running: one per running "
+         "request plus one per 2 waiting; idle"),
+        (QUEUED, KEDA, scaled_object(
+            {"type": "Ready", "status": "True"}, {"type": "Active", "status": "True"}),
+         "True", "KEDAScaling", "; active"),
+    ],
+)  # fmt: skip
+def test_operator_autoscaling_condition_says_who_scales_on_what(
+    spec, scaler: str, so, status: str, reason: str, text: str
+) -> None:
+    state = autoscaling_state(spec, scaler, prefix="ns:x", scaled_object=so)
+    assert (state.status, state.reason) == (status, reason)
+    assert text in state.message
+
+
+def test_operator_autoscaling_condition_warns_of_many_replicas_without_a_shared_queue() -> None:
+    many = parse_spec({"engine": "sr", "scaling": {"maxReplicas": 3}}, name="x")
+    assert "each replica keeps its own queue" in autoscaling_state(many, KNATIVE).message
+    assert "own queue" not in autoscaling_state(CHRONOEDIT, KNATIVE).message  # one replica
+    shared = parse_spec(
+        {"engine": "sr", "scaling": {"maxReplicas": 3}, "queue": {"redis": {"url": "redis://r"}}},
+        name="x",
+    )
+    assert "own queue" not in autoscaling_state(shared, KNATIVE).message
+
+
+def test_operator_autoscaling_condition_is_kept_while_children_are_left_alone() -> None:
+    keda = ConditionState("False", "KEDANotInstalled", "not served")
+    args = dict(generation=1, spec=QUEUED, isvc=isvc("True"), isvc_name="x")
+    first = build_status(
+        previous=None,
+        outcome=Outcome(applied=("InferenceService",), autoscaling=keda),
+        now="2026-01-01T00:00:00Z",
+        **args,
+    )
+    autoscaling = by_type(first)["Autoscaling"]
+    assert autoscaling == {
+        "type": "Autoscaling",
+        "status": "False",
+        "reason": "KEDANotInstalled",
+        "message": "not served",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    assert by_type(first)["Ready"]["status"] == "True"  # it serves; only scaling is degraded
+    # an invalid spec (or an API error) leaves the children, and so the autoscaling, as they were
+    invalid = build_status(
+        previous=first, outcome=Outcome(invalid=["spec.x: bad"]), now="2026-01-02T00:00:00Z",
+        **args,
+    )  # fmt: skip
+    assert by_type(invalid)["Autoscaling"] == autoscaling
+    fixed = build_status(
+        previous=invalid,
+        outcome=Outcome(autoscaling=ConditionState("True", "KEDAScaling", "KEDA scales")),
+        now="2026-01-03T00:00:00Z",
+        **args,
+    )
+    assert by_type(fixed)["Autoscaling"]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+    assert [c["type"] for c in fixed["conditions"]] == [
+        "Ready", "InferenceServiceReady", "Reconciled", "Autoscaling"
+    ]  # fmt: skip
