@@ -154,6 +154,7 @@ def make_user_class(settings: UserSettings, pool: Sequence[Payload], recorder: R
     order = list(range(len(pool)))
     random.Random(settings.seed).shuffle(order)
     next_index = itertools.cycle(order).__next__
+    warned: list[str] = []  # foreign URLs are reported once
 
     def ssl_context():
         if settings.insecure:
@@ -265,7 +266,9 @@ def make_user_class(settings: UserSettings, pool: Sequence[Payload], recorder: R
             except (ValueError, KeyError, TypeError):
                 return self._record(started, BAD_RESPONSE)
             if not (under_base(status_url, base) and under_base(response_url, base)):
-                log.warning("not following %s: it is not under %s", status_url, base)
+                if not warned:
+                    warned.append(status_url)
+                    log.warning("not following %s (nor the like): not under %s", status_url, base)
                 return self._record(started, FOREIGN_URL)
             deadline = started + settings.timeout_s
             while True:  # as fal_client does: ask at once, then every poll interval
