@@ -575,9 +575,10 @@ def build_scaled_object(owner: Owner, spec: DeploymentSpec) -> Child:
     and ``running`` (the sorted set of leases held by replicas working a request, ZCARD; KEDA's
     redis scaler counts either). The formula ``running × T + waiting`` against the average target
     T (targetQueueLength) gives ``running + ⌈waiting / T⌉`` replicas: one per request being run
-    (a busy replica is never scaled away; stopping hands its request back to the queue, to run
-    again from the start) plus one per T waiting. Active (scaled up from zero) while anything
-    waits or runs; back to minReplicas cooldownPeriod after the queue went idle.
+    (never fewer replicas than busy ones; a busy pod the ReplicaSet picks to stop hands its
+    request back to the queue, to run again from the start) plus one per T waiting. Active
+    (scaled up from zero) while anything waits or runs; back to minReplicas cooldownPeriod after
+    the queue went idle.
     """
     assert spec.queue is not None
     scaling = spec.scaling
