@@ -93,7 +93,7 @@ app.kubernetes.io/component: redis
 - name: UPSCALER_REDIS_URL
   value: {{ .Values.redis.url | quote }}
 {{- else if .Values.redis.existingSecret }}
-- name: UPSCALER_REDIS_SECRET  # a Secret in this namespace; its key `url` holds the Redis URL
+- name: UPSCALER_REDIS_SECRET  # a Secret in each upscaler's namespace; key `url` holds the URL
   value: {{ .Values.redis.existingSecret | quote }}
 {{- end }}
 {{- end }}
