@@ -21,6 +21,32 @@ class FetchLimits:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """Request LoRAs on the chronoedit engine: see ``predictor.loras`` and docs/loras.md."""
+
+    #: files a request may name by path (relative to it, or absolute inside it)
+    lora_dir: str | None = None
+    #: a JSON or YAML file of name → URI (hf://, http(s)://, or a path)
+    catalog: str | None = None
+    #: downloaded LoRAs, stored by content hash (default: ~/.cache/chrono-upscaler/loras)
+    cache_dir: str | None = None
+    #: host memory for recently used LoRAs (converted, ready to copy into a slot)
+    cache_bytes: int = 2048 * MiB
+    #: the largest LoRA file accepted (files, downloads and the Hub alike)
+    max_bytes: int = 2048 * MiB
+    #: the slots' rank: a LoRA of higher rank is refused
+    max_rank: int = 64
+    #: extra adapters beside the upscaler (0 turns request LoRAs off)
+    slots: int = 3
+    #: let requests name http(s) URLs (catalog URLs are always allowed)
+    allow_urls: bool = False
+    #: let LoRA URLs reach loopback/private addresses (the image fetcher's flag)
+    allow_private_urls: bool = False
+    #: seconds to download one LoRA over http(s)
+    fetch_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs; defaults are what a single replica should run with."""
 

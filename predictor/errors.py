@@ -136,6 +136,16 @@ def feature_not_supported(msg: str, loc: Sequence[str | int]) -> InputError:
     return InputError(400, "feature_not_supported", msg, loc)
 
 
+def lora_loc(index: int) -> tuple[str | int, ...]:
+    """Where a request LoRA's problem points: ``["body", "loras", index, "path"]``."""
+    return ("body", "loras", index, "path")
+
+
+def lora_load_error(msg: str, loc: Sequence[str | int]) -> InputError:
+    """A request LoRA that cannot be used: missing, not safetensors, no matching keys, …"""
+    return InputError(400, "lora_load_error", msg, loc)
+
+
 def queue_full(retry_after: float) -> RequestFailed:
     return RequestFailed(
         429, "queue_full", "Too many requests in flight; retry later.", retry_after=retry_after

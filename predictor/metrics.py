@@ -89,6 +89,25 @@ SAFETY_FLAGGED = Counter(
     ("engine",),
 )
 
+#: seconds: a cache hit takes microseconds, reading a 14B LoRA from disk seconds, a download minutes
+LORA_LOAD_BUCKETS = (
+    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0,
+)  # fmt: skip
+LORA_LOAD_SECONDS = Histogram(
+    "upscaler_lora_load_seconds",
+    "Time to get one request LoRA ready for its slot: resolve, fetch or read, check, convert "
+    "(a host-cache hit is only the lookup).",
+    buckets=LORA_LOAD_BUCKETS,
+)
+LORA_CACHE_HITS = Counter(
+    "upscaler_lora_cache_hits", "Request LoRAs found in the host-memory cache (--lora-cache-mb)."
+)
+LORA_CACHE_MISSES = Counter(
+    "upscaler_lora_cache_misses",
+    "Request LoRAs not in the host-memory cache: read from disk or downloaded.",
+)
+
 
 class ListPriceCollector(Collector):
     """``upscaler_list_price_usd_total``: counted in whole cents so that sums stay exact."""
