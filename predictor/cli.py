@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from predictor.auth import load_keys
-from predictor.config import FetchLimits, MiB, Settings
+from predictor.config import FetchLimits, LoraSettings, MiB, Settings
 from predictor.engines import ENGINE_NAMES
 
 _DEFAULT_FETCH = FetchLimits()  # defaults live once, in predictor.config
+_DEFAULT_LORAS = LoraSettings()
 FORMAT_BY_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 
 
@@ -75,6 +76,90 @@ def _add_chronoedit_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="StableDiffusionSafetyChecker + CLIPImageProcessor directory (default: no checker)",
     )
+    _add_lora_options(parser)
+
+
+def _add_lora_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("request LoRAs, chronoedit engine (docs/loras.md)")
+    group.add_argument(
+        "--lora-dir",
+        default=None,
+        help="directory of .safetensors LoRAs a request may name by path (inside it only)",
+    )
+    group.add_argument(
+        "--lora-catalog",
+        default=None,
+        help="JSON or YAML file of name → URI (hf://owner/repo/file.safetensors, https://…, "
+        "or a path) that requests may name",
+    )
+    group.add_argument(
+        "--lora-cache-dir",
+        default=None,
+        help="where downloaded LoRAs are kept, by content hash "
+        "(default ~/.cache/chrono-upscaler/loras)",
+    )
+    group.add_argument(
+        "--lora-cache-mb",
+        type=float,
+        default=_DEFAULT_LORAS.cache_bytes / MiB,
+        help="host memory for recently used LoRAs, ready to swap in",
+    )
+    group.add_argument(
+        "--max-lora-mb",
+        type=float,
+        default=_DEFAULT_LORAS.max_bytes / MiB,
+        help="largest LoRA file accepted",
+    )
+    group.add_argument(
+        "--lora-max-rank",
+        type=int,
+        default=_DEFAULT_LORAS.max_rank,
+        help="rank of the LoRA slots; a request LoRA of higher rank is refused",
+    )
+    group.add_argument(
+        "--lora-slots",
+        type=int,
+        choices=range(4),
+        default=_DEFAULT_LORAS.slots,
+        help="extra LoRAs per request (each slot costs compute on every step; 0: none)",
+    )
+    group.add_argument(
+        "--allow-lora-urls",
+        action="store_true",
+        help="let requests name http(s) LoRA URLs (catalog URLs are always allowed)",
+    )
+    group.add_argument(
+        "--lora-fetch-timeout",
+        type=float,
+        default=_DEFAULT_LORAS.fetch_timeout_s,
+        help="seconds to download one LoRA",
+    )
+
+
+def _lora_settings(args: argparse.Namespace) -> LoraSettings:
+    for flag, value in (
+        ("--max-lora-mb", args.max_lora_mb),
+        ("--lora-max-rank", args.lora_max_rank),
+        ("--lora-fetch-timeout", args.lora_fetch_timeout),
+    ):
+        if value <= 0:
+            raise SystemExit(f"chrono-upscaler: error: {flag} must be positive, got {value:g}")
+    if args.lora_cache_mb < 0:  # 0 keeps nothing in memory
+        raise SystemExit(
+            f"chrono-upscaler: error: --lora-cache-mb must be ≥ 0, got {args.lora_cache_mb:g}"
+        )
+    return LoraSettings(
+        lora_dir=args.lora_dir,
+        catalog=args.lora_catalog,
+        cache_dir=args.lora_cache_dir,
+        cache_bytes=int(args.lora_cache_mb * MiB),
+        max_bytes=int(args.max_lora_mb * MiB),
+        max_rank=args.lora_max_rank,
+        slots=args.lora_slots,
+        allow_urls=args.allow_lora_urls,
+        allow_private_urls=getattr(args, "allow_private_urls", False),
+        fetch_timeout_s=args.lora_fetch_timeout,
+    )
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,6 +175,9 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
             "safety_checker_dir": args.safety_checker_dir,
             "threads": args.threads,
         }
+        loras = _lora_settings(args)
+        if loras != _DEFAULT_LORAS:
+            options["loras"] = loras
     else:
         options = {"model": args.sr_model, "tile_size": args.tile_size, "threads": args.threads}
     return {key: value for key, value in options.items() if value is not None}
@@ -265,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: from the output file's extension, else jpeg",
     )
     upscale.add_argument("--seed", type=int, default=None)
+    upscale.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="an extra LoRA (chronoedit; up to 3): a catalog name, a file in --lora-dir, "
+        "hf://… or a URL, with an optional :scale (default 1)",
+    )
     _add_engine_options(upscale)
 
     tiny = commands.add_parser(
@@ -373,6 +469,15 @@ def _request_defaults(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(checked, name) for name in defaults}  # typed as the schema types them
 
 
+def _lora_item(text: str) -> dict[str, Any]:
+    """``PATH[:SCALE]`` → a request's ``{path, scale}`` (a URL's own colons stay in the path)."""
+    path, sep, tail = text.rpartition(":")
+    try:
+        return {"path": path, "scale": float(tail)} if sep and path else {"path": text}
+    except ValueError:
+        return {"path": text}
+
+
 def run_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -389,6 +494,7 @@ def run_upscale(args: argparse.Namespace) -> int:
                 "upscale_factor": args.factor,
                 "output_format": output_format,
                 "seed": args.seed,
+                "loras": [_lora_item(item) for item in args.lora],
             },
             loc_prefix=(),
         )

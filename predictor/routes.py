@@ -114,6 +114,8 @@ def describe(upscaler: Upscaler) -> dict[str, Any]:
             "queue_result_ttl_s": settings.queue_result_ttl_s,
         },
         "defaults": {name: str(value) for name, value in settings.request_defaults.items()},
+        # the LoRA catalog's names a request (and the playground) may put in loras[].path
+        "loras_catalog": list(getattr(upscaler.engine, "loras_catalog", None) or []),
     }
 
 

@@ -19,6 +19,10 @@ import torch
 from PIL import Image
 
 from predictor.codec import to_rgb
+from predictor.config import LoraSettings
+from predictor.errors import feature_not_supported
+from predictor.loras import LoraLoader, LoraSlots
+from predictor.loras import describe as describe_loras
 
 from . import chronoedit_model as model
 from .base import SAFETY_FLAGGED_KEY, Engine, EngineJob, ProgressFn
@@ -51,7 +55,7 @@ class ChronoEditEngine(Engine):
     name = "chronoedit"
     prompt = model.UPSCALER_PROMPT
     size_multiple = 16
-    supports_loras = False  # request LoRAs come with hot-swapping (DESIGN §5)
+    supports_loras = True  # request LoRAs are hot-swapped into slots (DESIGN §5, predictor.loras)
 
     def __init__(
         self,
@@ -67,13 +71,15 @@ class ChronoEditEngine(Engine):
         tile_overlap: int | None = None,
         flow_shift: float | None = None,
         threads: int | None = None,
+        loras: LoraSettings | None = None,
     ) -> None:
         """Load everything once; a missing file fails here, at start-up, never per request.
 
         ``distill_lora`` fuses NVIDIA's 8-step LoRA (and defaults ``flow_shift`` to 2, else 5).
         ``safety_checker`` (an object) overrides ``safety_checker_dir`` (a directory for
         :class:`DiffusersSafetyChecker`). ``tile_overlap`` is in output pixels (default: a
-        quarter of a tile side, at most 128).
+        quarter of a tile side, at most 128). ``loras``: request-LoRA sources, limits and slots
+        (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off.
         """
         started = time.perf_counter()
         if threads is not None:
@@ -86,9 +92,12 @@ class ChronoEditEngine(Engine):
         self.tile_overlap = default_overlap(max_pass_area) if tile_overlap is None else tile_overlap
         self.model_dir = model.resolve_local_dir(model_dir)
         self.upscaler_lora = model.find_upscaler_lora(self.model_dir, upscaler_lora)
-        self.distill_lora = Path(distill_lora) if distill_lora is not None else None
-        if self.distill_lora is not None and not self.distill_lora.is_file():
-            raise FileNotFoundError(f"distillation LoRA {str(distill_lora)!r} does not exist")
+        self.distill_lora = (
+            model.find_distill_lora(distill_lora) if distill_lora is not None else None
+        )
+        self.lora_settings = loras or LoraSettings()
+        # the catalog and --lora-dir are checked now, before minutes of weight loading
+        loader = LoraLoader(self.lora_settings) if self.lora_settings.slots else None
         if flow_shift is None:
             flow_shift = model.DISTILL_FLOW_SHIFT if self.distill_lora else model.FLOW_SHIFT
         self.flow_shift = flow_shift
@@ -98,7 +107,19 @@ class ChronoEditEngine(Engine):
         if self.distill_lora is not None:
             model.fuse_distill_lora(self.pipe, self.distill_lora)
         self.pipe.to(self.device)
-        self.lora = model.load_upscaler_lora(self.pipe, self.upscaler_lora)
+        model.load_upscaler_adapter(self.pipe, self.upscaler_lora)
+        # the request-LoRA slots join the upscaler before any scaling becomes a tensor
+        self.slots = LoraSlots.install(
+            self.pipe.transformer,
+            self.lora_settings.slots,
+            self.lora_settings.max_rank,
+            resident=[model.UPSCALER_ADAPTER],
+        )
+        self.lora = model.AdapterScale(self.pipe.transformer, model.UPSCALER_ADAPTER)
+        if loader is not None:
+            loader.layout = self.slots.layout
+        self.loras = loader
+        self.supports_loras = loader is not None
         #: the pipeline's scheduler and the adapter scale are shared state: one pass at a time
         self._lock = threading.Lock()
 
@@ -143,6 +164,7 @@ class ChronoEditEngine(Engine):
         started = time.perf_counter()
         job = EngineJob(width=width, height=height, seed=0, num_inference_steps=WARMUP_STEPS)
         with self._lock:
+            self.slots.apply([])
             self._render(Image.new("RGB", (width, height), (128, 128, 128)), job, None)
         log.info(
             "chronoedit warm-up bucket=%dx%d seconds=%.1f",
@@ -197,16 +219,28 @@ class ChronoEditEngine(Engine):
 
         ``progress(done, total, "step")`` is called after every denoising step, counted over
         the whole job: ``total`` = steps × tiles. An exception it raises stops the job.
+        The request's ``loras`` are loaded and checked first (``progress(i, n, "lora")``), and
+        swapped into the slots only once all of them are good.
         """
         if job.width % self.size_multiple or job.height % self.size_multiple:
             raise ValueError(f"output {job.width}x{job.height} is not a multiple of 16")
         started = time.perf_counter()
+        if job.loras and self.loras is None:
+            raise feature_not_supported(
+                "This deployment runs without request-LoRA slots (--lora-slots 0).",
+                ("body", "loras"),
+            )
+        prepared = self.loras.prepare(job.loras, progress) if self.loras and job.loras else []
+        lora_seconds = time.perf_counter() - started
         guide = to_rgb(image).resize((job.width, job.height), GUIDE_FILTER)
         tiles = self.plan(job)
         total = job.num_inference_steps * len(tiles)
         # one CPU generator per request: the same seed gives the same noise on any device
         generator = torch.Generator("cpu").manual_seed(job.seed)
         with self._lock:
+            swap_started = time.perf_counter()
+            self.slots.apply(prepared)
+            swap_seconds = time.perf_counter() - swap_started
             self.lora.set(job.lora_scale)
             if len(tiles) == 1:
                 pixels = self._render(guide, job, generator, progress, 0, total)
@@ -228,7 +262,8 @@ class ChronoEditEngine(Engine):
             result.info[SAFETY_FLAGGED_KEY] = True  # the journey counts it per request
         log.info(
             "chronoedit upscale width=%d height=%d tiles=%d steps=%d guidance=%g cfg=%s "
-            "lora_scale=%g seed=%d safety=%s render_ms=%.1f",
+            "lora_scale=%g loras=%s lora_load_ms=%.1f lora_swap_ms=%.1f seed=%d safety=%s "
+            "render_ms=%.1f",
             job.width,
             job.height,
             len(tiles),
@@ -236,6 +271,9 @@ class ChronoEditEngine(Engine):
             job.guidance_scale,
             job.guidance_scale > 1,
             job.lora_scale,
+            ",".join(f"{lora.label}:{scale:g}" for lora, scale in prepared) or "-",
+            lora_seconds * 1000,
+            swap_seconds * 1000,
             job.seed,
             safety,
             (time.perf_counter() - started) * 1000,
@@ -276,7 +314,13 @@ class ChronoEditEngine(Engine):
             "tile_overlap": self.tile_overlap,
             "compiled": self.compiled,
             "safety_checker": self.safety_checker.source if self.safety_checker else None,
+            "loras": describe_loras(self.lora_settings, self.loras),
         }
+
+    @property
+    def loras_catalog(self) -> list[str]:
+        """The names a request may use from the deployment's LoRA catalog (GET /info)."""
+        return self.loras.catalog_names if self.loras is not None else []
 
     def close(self) -> None:
         """Drop the pipeline and free GPU memory (the engine is unusable afterwards)."""

@@ -70,21 +70,46 @@ def resolve_local_dir(spec: str | Path) -> Path:
     raise FileNotFoundError(f"{str(spec)!r} does not exist")
 
 
+def single_safetensors(directory: Path, preferred: str | None = None, what: str = "LoRA") -> Path:
+    """The LoRA file inside ``directory``: ``preferred`` when present, else its one
+    ``.safetensors`` file (top level first, then below); none or several is an error."""
+    if preferred is not None and (directory / preferred).is_file():
+        return directory / preferred
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.rglob("*.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors file in {str(directory)!r} (the {what})")
+    names = ", ".join(str(file.relative_to(directory)) for file in files[:6])
+    raise FileNotFoundError(
+        f"{str(directory)!r} holds {len(files)} .safetensors files ({names}); pass the {what} "
+        "file itself"
+    )
+
+
+def find_lora_file(spec: str | Path, preferred: str | None = None, what: str = "LoRA") -> Path:
+    """A LoRA given as a file, a directory holding it, or a repo id in the local HF cache."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    try:
+        directory = resolve_local_dir(spec)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"the {what} {str(spec)!r} was not found: {exc}") from None
+    return single_safetensors(directory, preferred, what)
+
+
 def find_upscaler_lora(model_dir: Path, explicit: str | Path | None = None) -> Path:
-    """The Upscaler LoRA file: ``explicit`` (a file, a directory holding it, or a cached repo id),
-    else next to the base weights, in a sibling ``ChronoEdit-14B-Diffusers-Upscaler-Lora``
-    directory (NVIDIA's README layout), or in the Hugging Face cache."""
+    """The Upscaler LoRA file: ``explicit`` (a file, a directory holding it — by its name, else
+    its only ``.safetensors`` — or a cached repo id), else next to the base weights, in a sibling
+    ``ChronoEdit-14B-Diffusers-Upscaler-Lora`` (NVIDIA's README layout) or ``upscaler-lora``
+    (the operator's mounts) directory, or in the Hugging Face cache."""
     if explicit is not None:
-        path = Path(explicit).expanduser()
-        if path.is_file():
-            return path
-        candidate = resolve_local_dir(explicit) / UPSCALER_LORA_FILE
-        if candidate.is_file():
-            return candidate
-        raise FileNotFoundError(f"no upscaler LoRA at {str(explicit)!r} (looked for {candidate})")
+        return find_lora_file(explicit, UPSCALER_LORA_FILE, "upscaler LoRA")
     candidates = [
         model_dir / UPSCALER_LORA_FILE,
         model_dir.parent / UPSCALER_LORA_REPO.split("/")[1] / UPSCALER_LORA_FILE,
+        model_dir.parent / "upscaler-lora" / UPSCALER_LORA_FILE,
     ]
     with contextlib.suppress(FileNotFoundError):
         candidates.append(resolve_local_dir(UPSCALER_LORA_REPO) / UPSCALER_LORA_FILE)
@@ -96,6 +121,12 @@ def find_upscaler_lora(model_dir: Path, explicit: str | Path | None = None) -> P
         f"the upscaler LoRA ({UPSCALER_LORA_FILE}) was not found; looked in {looked}. "
         "Pass --upscaler-lora PATH."
     )
+
+
+def find_distill_lora(spec: str | Path) -> Path:
+    """The distillation LoRA: a file, or a directory (``chronoedit_distill_lora.safetensors`` or
+    its only ``.safetensors``, e.g. a mounted storage URI), or a cached repo id."""
+    return find_lora_file(spec, Path(DISTILL_LORA_FILE).name, "distillation LoRA")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -225,9 +256,18 @@ class AdapterScale:
         self.scale = scale
 
 
-def load_upscaler_lora(pipe: ChronoEditPipeline, path: Path) -> AdapterScale:
-    """Load the Upscaler LoRA as a peft adapter that stays resident; its weight is per request."""
+def load_upscaler_adapter(pipe: ChronoEditPipeline, path: Path) -> None:
+    """Load the Upscaler LoRA as the resident peft adapter ``upscaler`` (scale not yet set)."""
     pipe.load_lora_weights(str(path), adapter_name=UPSCALER_ADAPTER, local_files_only=True)
+
+
+def load_upscaler_lora(pipe: ChronoEditPipeline, path: Path) -> AdapterScale:
+    """Load the Upscaler LoRA as a peft adapter that stays resident; its weight is per request.
+
+    (The engine loads it with :func:`load_upscaler_adapter`, adds the request-LoRA slots, then
+    builds the :class:`AdapterScale`: adding adapters rewrites every scaling.)
+    """
+    load_upscaler_adapter(pipe, path)
     return AdapterScale(pipe.transformer, UPSCALER_ADAPTER)
 
 
