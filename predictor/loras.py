@@ -246,6 +246,13 @@ def check_and_convert(
             f"expected {EXPECTED_KEYS} keys.",
             loc,
         )
+    missing = {module for module in outside if re.fullmatch(SLOT_TARGETS, module)}
+    if missing:  # slot-shaped names beyond this transformer's blocks
+        raise lora_load_error(
+            f"LoRA {label!r} names layers this transformer does not have: {_some(missing)} "
+            "(a LoRA for a model with more blocks?).",
+            loc,
+        )
     if outside:
         raise lora_load_error(
             f"LoRA {label!r} targets layers outside the request-LoRA slots: {_some(outside)}. "

@@ -379,6 +379,20 @@ def test_parsed_keys_are_checked_against_the_slot_layout(engine, lora_files) -> 
     assert len(converted) == 2 * 12  # 2 blocks × 12 slot layers
     down, up = converted["blocks.1.attn2.add_k_proj"]
     assert down.shape == (4, 24) and up.shape == (24, 4)
+    loc = ("body", "loras", 0, "path")
+    bigger = parse_lora({"blocks.7.attn1.to_q.lora_A.weight": down.clone(),
+                         "blocks.7.attn1.to_q.lora_B.weight": up.clone(),
+                         **load_file(lora_files["a"])})  # fmt: skip
+    with pytest.raises(InputError, match="more blocks"):
+        check_and_convert(bigger, engine.slots.layout, "big", loc)
+    narrow = parse_lora({"blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 16),
+                         "blocks.0.attn1.to_q.lora_B.weight": torch.ones(16, 4)})  # fmt: skip
+    with pytest.raises(InputError, match="another model"):
+        check_and_convert(narrow, engine.slots.layout, "narrow", loc)
+    broken = parse_lora({"blocks.0.attn1.to_q.lora_A.weight": torch.full((4, 24), float("nan")),
+                         "blocks.0.attn1.to_q.lora_B.weight": torch.ones(24, 4)})  # fmt: skip
+    with pytest.raises(InputError, match="NaN"):
+        check_and_convert(broken, engine.slots.layout, "broken", loc)
 
 
 # --- compile safety -----------------------------------------------------------------------------
