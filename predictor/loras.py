@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import torch
 
@@ -409,6 +409,8 @@ class LoraLoader:
                     + (f" ({_some(self.catalog, 6)})." if self.catalog else "."),
                     loc,
                 )
+            if not trusted:  # logs and messages show no query string (signed URLs carry keys)
+                label = urlunsplit(urlsplit(spec)._replace(query="", fragment=""))
             return _Source("url", spec, label)
         if kind is not None:
             raise lora_load_error(

@@ -253,11 +253,16 @@ def test_http_loras_need_the_policy_and_keep_the_address_guards(
         public_only.load(url, 2)
     assert caught.value.loc == ["body", "loras", 2, "path"]  # the fetcher's guard, our loc
     allowed = LoraLoader(LoraSettings(**base, allow_urls=True, allow_private_urls=True), layout)
-    hits = metrics.LORA_CACHE_HITS._value.get()
     lora = allowed.load(url, 0)
-    assert lora.format == "kohya" and lora.rank == 4
+    assert lora.format == "kohya" and lora.rank == 4 and lora.label == url
+    hits = metrics.LORA_CACHE_HITS._value.get()
     assert (tmp_path / "cache" / f"{lora.sha256}.safetensors").is_file()  # on disk by content
     assert allowed.load(url, 0) is lora and metrics.LORA_CACHE_HITS._value.get() == hits + 1
+    signed = LoraLoader(LoraSettings(**base, allow_urls=True, allow_private_urls=True), layout)
+    with pytest.raises(InputError, match="HTTP 404") as caught:
+        signed.load(image_host.url + "/none.safetensors?X-Amz-Signature=secret", 0)
+    assert "secret" not in caught.value.msg  # no query string in messages or logs
+    assert signed.load(url + "?X-Amz-Signature=secret", 1).label == url
     small = LoraLoader(
         LoraSettings(**{**base, "max_bytes": 1000}, allow_urls=True, allow_private_urls=True),
         layout,
