@@ -108,9 +108,13 @@ def hf_download(repo_id: str, filename: str, revision: str | None, max_bytes: in
     only). The size is checked from the Hub's metadata before anything is downloaded."""
     from huggingface_hub import hf_hub_download
 
-    info = hf_hub_download(repo_id, filename, revision=revision, dry_run=True)
-    if info.will_download and info.file_size is not None and info.file_size > max_bytes:
-        raise _TooLarge(info.file_size)
+    try:
+        info = hf_hub_download(repo_id, filename, revision=revision, dry_run=True)
+    except TypeError:  # huggingface_hub before dry_run: checked after the download instead
+        info = None
+    size = getattr(info, "file_size", None)
+    if info is not None and info.will_download and size is not None and size > max_bytes:
+        raise _TooLarge(size)
     return hf_hub_download(repo_id, filename, revision=revision)
 
 

@@ -237,6 +237,22 @@ def test_hf_uris_go_through_the_hub_download(engine, lora_files, monkeypatch) ->
     assert error.loc == ["body", "loras", 0, "path"]
 
 
+def test_hub_files_over_the_size_limit_are_not_downloaded(engine, monkeypatch) -> None:
+    import huggingface_hub
+
+    downloads = []
+
+    def fake_hub(repo_id, filename, *, revision=None, dry_run=False):
+        if dry_run:
+            return type("Info", (), {"will_download": True, "file_size": 5 * 2**30})()
+        downloads.append(filename)
+        return "/nowhere"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub)
+    error = refused(engine, ("hf://acme/huge/huge.safetensors", 1.0))
+    assert error.status_code == 413 and "--max-lora-mb" in error.msg and not downloads
+
+
 def test_http_loras_need_the_policy_and_keep_the_address_guards(
     engine, lora_files, image_host, tmp_path
 ) -> None:
