@@ -219,6 +219,9 @@ EXPORTED_FAMILIES = (
     "upscaler_gpu_seconds",
     "upscaler_cost_usd",
     "upscaler_list_price_usd",
+    "upscaler_lora_load_seconds",
+    "upscaler_lora_cache_hits",
+    "upscaler_lora_cache_misses",
 )
 
 
