@@ -16,7 +16,7 @@ from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from predictor.errors import RequestFailed, ValidationFailed, not_ready
-from predictor.journey import apply_defaults, public_error
+from predictor.journey import public_error
 from predictor.queue import OWNER_ALIAS, CancelOutcome, QueueBackend, Status, queue_urls
 from predictor.schema import APP_ID, UpscaleRequest
 from predictor.telemetry import REQUEST_ID_HEADER, current_record
@@ -64,7 +64,6 @@ def mount_queue_routes(
         record = current_record()
         assert record is not None, "the telemetry middleware opens a record for submits"
         base_url = public_url or str(request.base_url)
-        body = apply_defaults(body, queue.upscaler.settings)
         state = await queue.submit(record.request_id, body, base_url, fal_webhook)
         record.handed_off = True  # counted when the job finishes, not now
         return JSONResponse(

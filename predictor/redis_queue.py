@@ -32,11 +32,12 @@ from typing import Any
 import redis.asyncio as redis
 
 from predictor.errors import RequestFailed, queue_full
-from predictor.journey import JobObserver, check_supported
+from predictor.journey import check_supported
 from predictor.queue import (
     CANCELLED_OUTCOME,
     MAX_LOGS,
     CancelOutcome,
+    LogLineObserver,
     Outcome,
     QueueBackend,
     QueueState,
@@ -200,7 +201,7 @@ class _Claimed:
     attempts: int
 
 
-class _RedisObserver(JobObserver):
+class _RedisObserver(LogLineObserver):
     """Log lines from the worker thread, appended in order by one task on the event loop."""
 
     def __init__(self, queue: RedisQueue, request_id: str, loop: asyncio.AbstractEventLoop):
@@ -210,17 +211,8 @@ class _RedisObserver(JobObserver):
         self.lines: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
         self.sent = 0
 
-    def _add(self, message: str) -> None:
-        self.loop.call_soon_threadsafe(self.lines.put_nowait, log_line(message))
-
-    def started(self) -> None:
-        self._add("started on an engine worker")
-
-    def progress(self, done: int, total: int, unit: str) -> None:
-        self._add(f"{unit} {done}/{total}")
-
-    def log(self, message: str) -> None:
-        self._add(message)
+    def add(self, line: dict[str, str]) -> None:
+        self.loop.call_soon_threadsafe(self.lines.put_nowait, line)
 
     async def pump(self) -> None:
         while (line := await self.lines.get()) is not None:
@@ -285,7 +277,8 @@ class RedisQueue(QueueBackend):
             keys=[self.waiting_key, self.key("job", request_id), self.key("logs", request_id)],
             args=[
                 request_id,
-                request.model_dump_json(),
+                # only the fields the client set: the running replica applies the defaults
+                request.model_dump_json(exclude_unset=True),
                 base_url,
                 webhook_url or "",
                 self.max_queued,

@@ -80,8 +80,8 @@ def replica(tmp: Path, redis_url: str, prefix: str, *flags: str) -> ServerProces
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory, redis_url):
     tmp = tmp_path_factory.mktemp("pair")
-    a = replica(tmp, redis_url, "pair")
-    b = replica(tmp, redis_url, "pair")
+    a = replica(tmp, redis_url, "pair", "--default-output-format", "png")
+    b = replica(tmp, redis_url, "pair", "--default-output-format", "png")
     yield a, b
     stop_server(a)
     stop_server(b)
@@ -139,7 +139,8 @@ def test_replicas_answer_for_each_other(pair) -> None:
     for srv in (a, b):
         image = httpx.get(f"{srv.url}/files/{file_name}", timeout=10)
         assert image.status_code == 200
-        assert image.headers["content-type"] == "image/jpeg"
+        # left out of the request: the deployment's default, applied where the request ran
+        assert image.headers["content-type"] == "image/png"
 
 
 def test_cancel_across_replicas(pair) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import httpx
 import pytest
@@ -196,6 +197,20 @@ def test_deployment_defaults_fill_only_omitted_fields(metered_server) -> None:
     assert default.json()["images"][0]["content_type"] == "image/png"  # --default-output-format
     explicit = metered_server.post({"image_url": small, "sync_mode": True, "output_format": "jpeg"})
     assert explicit.json()["images"][0]["content_type"] == "image/jpeg"
+    # a queued request gets the same defaults, applied once, by the journey
+    submit = f"{metered_server.url}/queue/fal-ai/chrono-edit-lora-gallery/upscaler"
+    for payload, content_type in (
+        ({"image_url": small}, "image/png"),
+        ({"image_url": small, "output_format": "jpeg"}, "image/jpeg"),
+    ):
+        handle = httpx.post(submit, json=payload, timeout=30).json()
+        result = httpx.get(handle["response_url"], timeout=10)
+        deadline = time.monotonic() + 60
+        while result.status_code == 400 and result.json().get("status") != "COMPLETED":
+            assert time.monotonic() < deadline, result.text
+            time.sleep(0.05)
+            result = httpx.get(handle["response_url"], timeout=10)
+        assert result.json()["images"][0]["content_type"] == content_type
 
 
 def test_metrics_route_exposes_every_design_name(metered_server) -> None:
