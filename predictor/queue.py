@@ -229,26 +229,39 @@ class _Entry:
         changed.set()
 
 
-class _LocalObserver(JobObserver):
-    """The journey's events as the entry's status and log lines (called on the worker thread)."""
+class LogLineObserver(JobObserver):
+    """The journey's events as fal-style log lines; subclasses decide where a line goes.
+
+    Called on the engine's worker thread, so :meth:`add` must be thread-safe.
+    """
+
+    def add(self, line: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def started(self) -> None:
+        self.add(log_line("started on an engine worker"))
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        self.add(log_line(f"{unit} {done}/{total}"))
+
+    def log(self, message: str) -> None:
+        self.add(log_line(message))
+
+
+class _LocalObserver(LogLineObserver):
+    """Lines into the entry, and the entry marked in progress once a worker has it."""
 
     def __init__(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> None:
         self.entry = entry
         self.loop = loop
 
-    def _add(self, message: str) -> None:
-        self.entry.add_log(log_line(message))
+    def add(self, line: dict[str, str]) -> None:
+        self.entry.add_log(line)
         self.loop.call_soon_threadsafe(self.entry.notify)
 
     def started(self) -> None:
         self.entry.status = Status.IN_PROGRESS
-        self._add("started on an engine worker")
-
-    def progress(self, done: int, total: int, unit: str) -> None:
-        self._add(f"{unit} {done}/{total}")
-
-    def log(self, message: str) -> None:
-        self._add(message)
+        super().started()
 
 
 class LocalQueue(QueueBackend):
