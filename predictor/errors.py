@@ -166,3 +166,13 @@ def timed_out(seconds: float) -> RequestFailed:
     return RequestFailed(
         504, "request_timeout", f"Request timed out after {seconds:g} s.", retryable=True
     )
+
+
+def error_message(body: dict[str, Any]) -> str:
+    """One line for an error body: its text, or the first input error as ``loc: msg``."""
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        item = detail[0]
+        loc = ".".join(str(part) for part in item.get("loc", []))
+        return f"{loc}: {item.get('msg')}" if loc else str(item.get("msg"))
+    return str(detail)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from predictor.errors import UpscaleError, internal_error
+from predictor.errors import UpscaleError, error_message, internal_error
 from predictor.journey import JobObserver, Upscaler, check_supported
 from predictor.schema import APP_ID, UpscaleRequest
 from predictor.telemetry import RequestRecord
@@ -109,7 +109,7 @@ class QueueState:
             inference = self.outcome.inference_time
             body["metrics"] = {"inference_time": inference} if inference else {}
             if self.outcome.failed:
-                body["error"] = _first_message(self.outcome.body.get("detail"))
+                body["error"] = error_message(self.outcome.body)
                 body["error_type"] = self.outcome.body.get("error_type")
         return body
 
@@ -377,11 +377,3 @@ class LocalQueue(QueueBackend):
         entry.add_log(outcome_log(outcome))
         entry.notify()
         self._finished(entry.request_id, entry.webhook_url, outcome)
-
-
-def _first_message(detail: Any) -> str:
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        item = detail[0]
-        loc = ".".join(str(part) for part in item.get("loc", []))
-        return f"{loc}: {item.get('msg')}" if loc else str(item.get("msg"))
-    return str(detail)

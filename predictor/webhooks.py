@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from predictor.errors import UpscaleError
+from predictor.errors import UpscaleError, error_message
 from predictor.fetch import pinned_request
 
 log = logging.getLogger("predictor.webhooks")
@@ -49,8 +49,7 @@ def webhook_body(request_id: str, result: dict[str, Any], failed: bool) -> dict[
         "payload": result,
     }
     if failed:
-        detail = result.get("detail")
-        body["error"] = detail if isinstance(detail, str) else "Invalid request"
+        body["error"] = error_message(result)
     return body
 
 

@@ -234,6 +234,9 @@ def test_queue_webhook_is_signed_and_retried(queue_server) -> None:
         error = json.loads(receiver.received[2][1])
         assert (error["request_id"], error["status"]) == (failing["request_id"], "ERROR")
         assert error["payload"]["error_type"] == "image_load_error"
+        status = httpx.get(failing["status_url"], timeout=10).json()
+        assert error["error"] == status["error"]  # one message, as the status shows it
+        assert error["error"].startswith("body.image_url: ")
     finally:
         receiver.close()
 
