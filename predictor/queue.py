@@ -156,6 +156,15 @@ class QueueBackend(ABC):
     async def stop(self) -> None:  # noqa: B027
         """Stop consuming; hand running work back where the backend can."""
 
+    def _count_unrun(self, request_id: str, outcome: Outcome) -> None:
+        """Count, once, a request that ended without a run here (cancelled while waiting, or
+        given up after its replicas died); a run counts itself, in the journey."""
+        error_type = outcome.body.get("error_type")
+        cancelled = error_type == CANCELLED["error_type"]
+        status = 499 if cancelled else outcome.error_status or 500
+        record = RequestRecord(request_id, route="queue")
+        self.upscaler.telemetry.finish(record, status, error_type)
+
     def _finished(self, request_id: str, webhook_url: str | None, outcome: Outcome) -> None:
         if self.on_finished is None:
             return
@@ -367,7 +376,7 @@ class LocalQueue(QueueBackend):
         if entry.status is Status.COMPLETED:
             return
         admission.release()
-        self.upscaler.telemetry.finish(RequestRecord(entry.request_id, route="queue"), 499)
+        self._count_unrun(entry.request_id, CANCELLED_OUTCOME)
         self._complete(entry, CANCELLED_OUTCOME)
 
     def _complete(self, entry: _Entry, outcome: Outcome) -> None:

@@ -47,7 +47,6 @@ from predictor.queue import (
     run_job,
 )
 from predictor.schema import UpscaleRequest
-from predictor.telemetry import RequestRecord
 from predictor.workers import Admission
 
 log = logging.getLogger("predictor.redis_queue")
@@ -318,7 +317,7 @@ class RedisQueue(QueueBackend):
             ],
         )
         if answer == "CANCELLED_WAITING":  # it never ran: this replica answers for it
-            self.upscaler.telemetry.finish(RequestRecord(request_id, route="queue"), 499)
+            self._count_unrun(request_id, CANCELLED_OUTCOME)
             webhook = await self.redis.hget(self.key("job", request_id), "webhook_url")
             self._finished(request_id, webhook or None, CANCELLED_OUTCOME)
             return CancelOutcome.CANCELLATION_REQUESTED
@@ -491,11 +490,6 @@ class RedisQueue(QueueBackend):
                 state = await self.state(request_id)
                 if state is None or state.outcome is None:
                     continue
-                error_type = state.outcome.body.get("error_type")
-                cancelled = error_type == CANCELLED_OUTCOME.body["error_type"]
-                status = 499 if cancelled else state.outcome.error_status or 500
-                self.upscaler.telemetry.finish(
-                    RequestRecord(request_id, route="queue"), status, error_type
-                )
+                self._count_unrun(request_id, state.outcome)
                 webhook = await self.redis.hget(self.key("job", request_id), "webhook_url")
                 self._finished(request_id, webhook or None, state.outcome)
