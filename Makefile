@@ -6,35 +6,42 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
 TORCH_VERSION := 2.13.0
+# where pip finds that torch: empty uses pip's own configuration (here, the local CPU wheel);
+# elsewhere on Linux PyPI's torch is the CUDA build, so pass the CPU index:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-gpu tools manifests clean
+.PHONY: install run test test-deps lint bench bench-gpu tools manifests clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## serve the fal API locally on the embedded sr engine
-	$(PY) -m predictor.example --out build/example --url http://$(HOST):$(PORT)
+	$(PY) -m predictor.dev.example --out build/example --url http://$(HOST):$(PORT)
 	$(PY) -m predictor serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: $(STAMP)  ## lint, then the whole pytest suite
+test-deps:  ## promtool, redis-server, node/npm, chromium: apt-installed as root, else named
+	tools/test-deps.sh
+
+test: $(STAMP) test-deps  ## lint, then the whole pytest suite
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a short load run (docs/benchmarks.md)
-	$(PY) -m predictor.bench
+	$(PY) -m predictor.dev.bench
 
 bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)
-	$(PY) -m predictor.bench_gpu
+	$(PY) -m predictor.dev.bench_gpu
 
 TOOLS_BIN := build/tools/bin
 

@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from predictor.config import Settings
-from predictor.engine_flags import add_engine_options, engine_options
-from predictor.serve_flags import add_serve_options, settings_from_args
+from predictor.engines.options import MAX_LORAS
+from predictor.flags import (
+    add_engine_options,
+    add_serve_options,
+    engine_options,
+    settings_from_args,
+)
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 FORMAT_BY_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -43,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="PATH[:SCALE]",
-        help="an extra LoRA (chronoedit; up to 3): a catalog name, a file in --lora-dir, "
-        "hf://… or a URL, with an optional :scale (default 1)",
+        help=f"an extra LoRA (chronoedit; up to {MAX_LORAS}): a catalog name, a file in "
+        "--lora-dir, hf://… or a URL, with an optional :scale (default 1)",
     )
     add_engine_options(upscale)
 
@@ -77,14 +82,14 @@ def _lora_item(text: str) -> dict[str, Any]:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from predictor.api.errors import parse_request
     from predictor.engines import load_engine
     from predictor.errors import UpscaleError
-    from predictor.journey import parse_request, process_image
+    from predictor.journey import check_supported, process_image
     from predictor.plan import resolve_seed
 
     output_format = args.format or FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "jpeg")
+    options = engine_options(args)
     try:
         request = parse_request(
             {
@@ -97,27 +102,46 @@ def run_upscale(args: argparse.Namespace) -> int:
             loc_prefix=(),
         )
         data = args.input.read_bytes()
-        engine = load_engine(args.engine, **engine_options(args))
-        with tqdm(unit="tile", desc=f"{args.engine} ×{args.factor:g}") as bar:
-
-            def progress(done: int, total: int, unit: str) -> None:
-                bar.total, bar.unit = total, unit
-                bar.n = done
-                bar.refresh()
-
+        engine = load_engine(options)
+        check_supported(request, engine)  # the same refusal the server gives
+        with _ProgressBar(f"{options.engine} ×{args.factor:g}") as bar:
             processed = process_image(
-                data, request, resolve_seed(request.seed), engine, Settings(), progress
+                data, request, resolve_seed(request.seed), engine, Settings(), bar.update
             )
-    except UpscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except (UpscaleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.output.write_bytes(processed.encoded.data)
     (width, height), encoded = processed.input_size, processed.encoded
     print(f"{args.input} {width}×{height} → {args.output} {encoded.width}×{encoded.height}")
     return 0
+
+
+class _ProgressBar:
+    """A tqdm bar opened at the first report, once the total and unit are known (a bar opened
+    before prints a stray ``0tile`` line)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def update(self, done: int, total: int, unit: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.unit != unit:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, unit=unit, desc=self.desc)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings_from_args(args))
         return 0
     if args.command == "make-tiny-model":
-        from predictor.tiny_model import run
+        from predictor.dev.tiny_model import run  # a dev tool, loaded only here
 
         return run(args)
     return run_upscale(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MiB = 1024 * 1024
+from predictor.engines.options import EngineOptions, MiB, SROptions
 
 
 @dataclass(frozen=True)
@@ -21,40 +21,14 @@ class FetchLimits:
 
 
 @dataclass(frozen=True)
-class LoraSettings:
-    """Request LoRAs on the chronoedit engine: see ``predictor.loras`` and docs/loras.md."""
-
-    #: files a request may name by path (relative to it, or absolute inside it)
-    lora_dir: str | None = None
-    #: a JSON or YAML file of name → URI (hf://, http(s)://, or a path)
-    catalog: str | None = None
-    #: downloaded LoRAs, stored by content hash (default: ~/.cache/chrono-upscaler/loras)
-    cache_dir: str | None = None
-    #: host memory for recently used LoRAs (converted, ready to copy into a slot)
-    cache_bytes: int = 2048 * MiB
-    #: the largest LoRA file accepted (files, downloads and the Hub alike)
-    max_bytes: int = 2048 * MiB
-    #: the slots' rank: a LoRA of higher rank is refused
-    max_rank: int = 64
-    #: extra adapters beside the upscaler (0 turns request LoRAs off)
-    slots: int = 3
-    #: let requests name http(s) URLs (catalog URLs are always allowed)
-    allow_urls: bool = False
-    #: let LoRA URLs reach loopback/private addresses (the image fetcher's flag)
-    allow_private_urls: bool = False
-    #: seconds to download one LoRA over http(s)
-    fetch_timeout_s: float = 600.0
-
-
-@dataclass(frozen=True)
 class Settings:
     """Everything the server needs; defaults are what a single replica should run with."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     model_name: str = "chrono-upscaler"
-    engine: str = "sr"
-    engine_options: dict[str, Any] = field(default_factory=dict)
+    #: which engine runs, and how (its typed options name it)
+    engine_options: EngineOptions = field(default_factory=SROptions)
     fetch: FetchLimits = field(default_factory=FetchLimits)
     #: decoded input pixels (decompression bombs stop here) and planned output pixels
     max_input_pixels: int = 4096 * 4096
@@ -97,6 +71,10 @@ class Settings:
     #: serve HTTPS with this certificate chain and key (PEM files)
     tls_cert: str | None = None
     tls_key: str | None = None
+
+    @property
+    def engine(self) -> str:
+        return self.engine_options.engine
 
     @property
     def max_body_bytes(self) -> int:

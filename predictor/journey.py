@@ -1,8 +1,9 @@
 """A request's journey: parse → fetch → decode → plan → engine → encode → deliver.
 
-Each step is a function of its own; :class:`Upscaler` strings them together with the limits,
-the worker pool and the output store. Nothing here knows about HTTP: the edge (``routes``,
-``model``) hands in a validated :class:`UpscaleRequest` and the base URL for output links.
+Each step is a function of its own; :meth:`Upscaler._upscale` strings them together, numbered,
+with the limits, the worker pool and the output store. Nothing here knows about HTTP: the edge
+(:mod:`predictor.api`) parses the request (step 1) and hands in a validated
+:class:`UpscaleRequest` and the base URL for output links.
 """
 
 from __future__ import annotations
@@ -16,65 +17,24 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from predictor import metrics
 from predictor.codec import Encoded, decode_image, encode_image
 from predictor.config import Settings
 from predictor.engines.base import SAFETY_FLAGGED_KEY, Engine, EngineJob, LoraRequest, ProgressFn
 from predictor.errors import (
     UpscaleError,
-    ValidationFailed,
     feature_not_supported,
     internal_error,
 )
 from predictor.fetch import fetch_image_bytes
 from predictor.plan import plan_output_size, resolve_seed
 from predictor.schema import ImageOut, UpscaleRequest, UpscaleResponse
-from predictor.store import OutputStore
+from predictor.storage.base import OutputStore
 from predictor.telemetry import RequestRecord, Telemetry, current_record
 from predictor.workers import Admission, CancelToken, Deadline, WorkerPool
 
 log = logging.getLogger("predictor.journey")
 T = TypeVar("T")
-
-
-def parse_request(payload: object, loc_prefix: tuple[str | int, ...] = ("body",)) -> UpscaleRequest:
-    """Validate a decoded JSON payload; error locations are FastAPI-style, under ``loc_prefix``."""
-    try:
-        return UpscaleRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise ValidationFailed(
-            [public_error(error, loc_prefix) for error in exc.errors(include_url=False)]
-        ) from None
-
-
-def public_error(error: Any, loc_prefix: tuple[str | int, ...] = ()) -> dict[str, Any]:
-    """A pydantic error as FastAPI shows it, made JSON-safe, with long inputs (data: URIs) cut."""
-    item: dict[str, Any] = {
-        "type": error["type"],
-        "loc": [*loc_prefix, *error["loc"]],
-        "msg": error["msg"],
-        "input": _short(error.get("input")),
-    }
-    if error.get("ctx"):
-        item["ctx"] = {
-            key: value if isinstance(value, int | float | str | bool) else str(value)
-            for key, value in error["ctx"].items()
-        }
-    return item
-
-
-def _short(value: Any, limit: int = 200) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit] + f"… ({len(value)} characters)"
-    if isinstance(value, dict):
-        return {key: _short(item, limit) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_short(item, limit) for item in value[:20]]
-    return value
 
 
 def check_supported(request: UpscaleRequest, engine: Engine) -> None:
@@ -220,8 +180,11 @@ class Upscaler:
         observer: JobObserver,
         admission: Admission | None,
     ) -> UpscaleResponse:
-        request = apply_defaults(request, self.settings)
+        """The journey of one validated request, step by step (the edge did 1: parse)."""
         deadline = Deadline.after(self.settings.request_timeout_s)
+
+        # 2. the deployment's defaults, then refuse what this engine cannot honour
+        request = apply_defaults(request, self.settings)
         record.details.update(
             factor=request.upscale_factor,
             format=request.output_format.value,
@@ -230,33 +193,63 @@ class Upscaler:
         )
         try:
             check_supported(request, self.engine)
+
+            # 3. a place in the worker pool, reserved before anything is fetched (429 when full)
             admission = admission or self.pool.admit()
-            return await self._admitted(request, base_url, record, observer, admission, deadline)
+            seed = resolve_seed(request.seed)
+            record.details["seed"] = seed
+
+            # 4. fetch the input (guarded URL or data: URI), within the request's deadline
+            data = await self._fetch(request, record, observer, deadline)
+
+            # 5. decode → plan → engine → encode on a worker thread, cancellable at each step
+            processed = await self._process(
+                data, request, seed, record, observer, admission, deadline
+            )
+
+            # 6. deliver: a data: URI, or a link from the output store (uploads off the loop)
+            image = await asyncio.to_thread(
+                deliver,
+                processed.encoded,
+                request.sync_mode,
+                self.store,
+                self.settings.public_url or base_url,
+            )
         finally:
             if admission is not None:
                 admission.release()
+        record.add_image(image.width, image.height, image.file_size or 0, processed.safety_flagged)
+        return UpscaleResponse(images=[image], prompt=self.engine.prompt, seed=seed)
 
-    async def _admitted(
+    async def _fetch(
         self,
         request: UpscaleRequest,
-        base_url: str,
         record: RequestRecord,
         observer: JobObserver,
-        admission: Admission,
         deadline: Deadline,
-    ) -> UpscaleResponse:
-        seed = resolve_seed(request.seed)
-        record.details["seed"] = seed
-        fetch_started = time.perf_counter()
+    ) -> bytes:
+        started = time.perf_counter()
         try:
             data = await _within(
                 deadline, fetch_image_bytes(request.image_url, self.settings.fetch)
             )
         finally:
-            record.add_time("fetch", _lap(fetch_started))
+            record.add_time("fetch", _lap(started))
         observer.log(
             f"input fetched: {len(data):,} bytes in {record.timings['fetch'] * 1000:.0f} ms"
         )
+        return data
+
+    async def _process(
+        self,
+        data: bytes,
+        request: UpscaleRequest,
+        seed: int,
+        record: RequestRecord,
+        observer: JobObserver,
+        admission: Admission,
+        deadline: Deadline,
+    ) -> Processed:
         queued = time.perf_counter()
 
         def job(token: CancelToken) -> Processed:
@@ -266,7 +259,6 @@ class Upscaler:
                 record.request_id,
                 record.timings["queue"] * 1000,
             )
-
             observer.started()
 
             # the engine reports each tile/step; a cancelled job stops at the next one
@@ -292,15 +284,7 @@ class Upscaler:
             f"{encoded.width}×{encoded.height} in {processed.timings['inference']:.2f} s; "
             f"{encoded.extension} {len(encoded.data):,} bytes"
         )
-        image = await asyncio.to_thread(  # a shared store's upload must not block the loop
-            deliver,
-            processed.encoded,
-            request.sync_mode,
-            self.store,
-            self.settings.public_url or base_url,
-        )
-        record.add_image(image.width, image.height, image.file_size or 0, processed.safety_flagged)
-        return UpscaleResponse(images=[image], prompt=self.engine.prompt, seed=seed)
+        return processed
 
     def close(self) -> None:
         self.pool.shutdown()

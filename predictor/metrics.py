@@ -1,4 +1,4 @@
-"""Prometheus metrics of the predictor (DESIGN §7), served by KServe's own ``/metrics``.
+"""Prometheus metrics of the predictor (docs/observability.md), served by KServe's own ``/metrics``.
 
 The metric objects live in prometheus_client's default registry, which KServe's ``/metrics``
 route exposes. The pure parts (outcome classes, fal's list price) are functions so they are

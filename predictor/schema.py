@@ -11,9 +11,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from predictor.engines.options import MAX_LORAS
+
 APP_ID = "fal-ai/chrono-edit-lora-gallery/upscaler"
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
-MAX_EXTRA_LORAS = 3
 
 
 class OutputFormat(StrEnum):
@@ -79,7 +80,7 @@ class UpscaleRequest(BaseModel):
     ] = False
     loras: Annotated[
         list[LoraWeight],
-        Field(max_length=MAX_EXTRA_LORAS, description="At most 3 extra LoRAs."),
+        Field(max_length=MAX_LORAS, description=f"At most {MAX_LORAS} extra LoRAs."),
     ] = Field(default_factory=list)
 
 

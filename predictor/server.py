@@ -1,23 +1,113 @@
-"""Start KServe's ModelServer with the upscaler model and fal's routes on the same port."""
+"""The composition root: build the engine, the output store, the journey, the queue and the app,
+then start KServe's ModelServer with fal's routes on the same port.
+
+Everything is wired here and only here; the modules it assembles take what they need as
+arguments and never build their neighbours.
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Awaitable, Callable
 
 from kserve import ModelServer
 from kserve.model_server import app as kserve_app
 
-from predictor.auth import KeyAuthMiddleware
+from predictor.api.auth import KeyAuthMiddleware
+from predictor.api.kserve_model import UpscalerModel
+from predictor.api.playground import mount_playground
+from predictor.api.queue_routes import FalProxyMiddleware, mount_queue_routes
+from predictor.api.routes import add_telemetry_middleware, mount_fal_routes
 from predictor.config import Settings
-from predictor.model import UpscalerModel
-from predictor.playground import mount_playground
-from predictor.queue import QueueBackend
-from predictor.queue_routes import FalProxyMiddleware, mount_queue_routes
-from predictor.routes import add_telemetry_middleware, mount_fal_routes
+from predictor.engines import load_engine
+from predictor.journey import Upscaler
+from predictor.queue.base import Outcome, QueueBackend
+from predictor.queue.local import LocalQueue
+from predictor.queue.webhooks import WebhookSettings, deliver_webhook
+from predictor.schema import APP_ID
+from predictor.storage.base import OutputStore
+from predictor.storage.memory import MemoryOutputStore
 from predictor.telemetry import configure_request_log
 
 log = logging.getLogger("predictor.server")
+
+OnFinished = Callable[[str, str | None, Outcome], Awaitable[None]]
+
+
+def open_output_store(settings: Settings) -> OutputStore:
+    """``--output-store memory|redis|s3://bucket/prefix`` (redis needs ``--redis-url``)."""
+    kind = settings.output_store
+    if kind == "memory":
+        return MemoryOutputStore(settings.output_store_bytes, settings.output_ttl_s)
+    if kind == "redis":
+        import redis
+
+        from predictor.storage.redis import RedisOutputStore
+
+        if not settings.redis_url:
+            raise ValueError("output_store 'redis' needs redis_url")
+        return RedisOutputStore(
+            redis.Redis.from_url(settings.redis_url),
+            settings.redis_prefix,
+            settings.output_ttl_s,
+            settings.output_store_bytes,
+        )
+    if kind.startswith("s3://"):
+        from predictor.storage.s3 import S3OutputStore
+
+        return S3OutputStore(
+            kind, settings.output_ttl_s, settings.s3_endpoint_url, settings.s3_public_url
+        )
+    raise ValueError(f"output_store {kind!r}: expected memory, redis or s3://bucket/prefix")
+
+
+def webhook_sender(settings: Settings) -> OnFinished:
+    """What a queue calls when a request ends: deliver its ``fal_webhook``, if it has one."""
+    webhook_settings = WebhookSettings(
+        secret=settings.webhook_secret,
+        allow_private_urls=settings.fetch.allow_private_urls,
+        attempts=settings.webhook_attempts,
+        first_backoff_s=settings.webhook_backoff_s,
+    )
+
+    async def send(request_id: str, webhook_url: str | None, outcome: Outcome) -> None:
+        if webhook_url is not None:
+            await deliver_webhook(
+                webhook_url, request_id, outcome.body, outcome.failed, webhook_settings
+            )
+
+    return send
+
+
+def open_queue(
+    upscaler: Upscaler, settings: Settings, on_finished: OnFinished | None = None
+) -> QueueBackend:
+    """In process by default; shared by every replica with ``--redis-url``."""
+    if not settings.redis_url:
+        return LocalQueue(upscaler, settings.queue_result_ttl_s, on_finished)
+    from predictor.queue.redis import RedisQueue
+
+    return RedisQueue(
+        upscaler,
+        settings.queue_result_ttl_s,
+        on_finished,
+        redis_url=settings.redis_url,
+        prefix=settings.redis_prefix,
+        max_queued=settings.max_queued,
+        lease_s=settings.queue_lease_s,
+        max_attempts=settings.queue_max_attempts,
+    )
+
+
+def build_model(settings: Settings) -> UpscalerModel:
+    """The engine (loaded once), its journey with the output store, and the queue around it."""
+    log.info("loading engine=%s options=%s", settings.engine, settings.engine_options)
+    engine = load_engine(settings.engine_options)
+    upscaler = Upscaler(engine, settings, open_output_store(settings))
+    queue = open_queue(upscaler, settings, on_finished=webhook_sender(settings))
+    log.info("engine %s ready", engine.name)
+    return UpscalerModel(settings.model_name, upscaler, queue)
 
 
 class BoundModelServer(ModelServer):
@@ -54,8 +144,7 @@ def serve(settings: Settings) -> None:
     # KServe's app defaults to ORJSONResponse, which FastAPI now flags on every first response
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     configure_request_log()
-    model = UpscalerModel(settings)
-    model.load()
+    model = build_model(settings)
     mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)
     mount_queue_routes(kserve_app, model.ready_queue, settings.public_url)
     mount_playground(kserve_app)  # the page at /playground, and at / for browsers
@@ -71,7 +160,7 @@ def serve(settings: Settings) -> None:
         "https" if settings.tls_cert else "http",
         settings.host,
         settings.port,
-        "fal-ai/chrono-edit-lora-gallery/upscaler",
+        APP_ID,
         settings.model_name,
     )
     server = BoundModelServer(

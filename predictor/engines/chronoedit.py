@@ -19,27 +19,26 @@ import torch
 from PIL import Image
 
 from predictor.codec import to_rgb
-from predictor.config import LoraSettings
+from predictor.engines.options import LoraSettings
 from predictor.errors import feature_not_supported
-from predictor.loras import LoraLoader, LoraSlots
-from predictor.loras import describe as describe_loras
+from predictor.loras.slots import LoraSlots
+from predictor.loras.sources import LoraLoader
+from predictor.loras.sources import describe as describe_loras
 
 from . import chronoedit_model as model
 from .base import SAFETY_FLAGGED_KEY, Engine, EngineJob, ProgressFn
 from .blend import (
-    DEFAULT_MAX_PASS_AREA,
     PassTile,
     blend_tiles,
     default_overlap,
     plan_pass_tiles,
     tile_shapes,
 )
+from .options import ChronoEditOptions
 from .safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
 
 log = logging.getLogger("predictor.engines.chronoedit")
 
-#: the default model location inside a KServe predictor pod (its storage initializer's target)
-DEFAULT_MODEL_DIR = "/mnt/models"
 #: how the input is brought to the output size before diffusion refines it
 GUIDE_FILTER = Image.Resampling.LANCZOS
 WARMUP_STEPS = 2
@@ -55,16 +54,18 @@ class ChronoEditEngine(Engine):
     name = "chronoedit"
     prompt = model.UPSCALER_PROMPT
     size_multiple = 16
-    supports_loras = True  # request LoRAs are hot-swapped into slots (DESIGN §5, predictor.loras)
+    supports_loras = (
+        True  # request LoRAs are hot-swapped into slots (docs/loras.md, predictor.loras)
+    )
 
     def __init__(
         self,
-        model_dir: str | Path = DEFAULT_MODEL_DIR,
+        model_dir: str | Path = ChronoEditOptions.model_dir,
         upscaler_lora: str | Path | None = None,
         distill_lora: str | Path | None = None,
         dtype: str = "auto",
         device: str = "auto",
-        max_pass_area: int = DEFAULT_MAX_PASS_AREA,
+        max_pass_area: int = ChronoEditOptions.max_pass_area,
         compile: bool = False,
         safety_checker_dir: str | Path | None = None,
         safety_checker: SafetyChecker | None = None,

@@ -134,7 +134,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
     if name not in ("cuda", "cpu"):
         raise ValueError(f"unknown device {name!r}; choose auto, cuda or cpu")
     return torch.device(name)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from predictor.playground import ASSETS, prefers_html
+from predictor.api.playground import ASSETS, prefers_html
 
 ALIVE = {"status": "alive"}
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"

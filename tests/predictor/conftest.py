@@ -20,7 +20,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def flagging_checker_dir(tmp_path_factory) -> Path:
     """A tiny safety checker whose thresholds flag every image (the real checker code path)."""
-    from predictor.tiny_model import build_safety_checker
+    from predictor.dev.tiny_model import build_safety_checker
 
     return build_safety_checker(tmp_path_factory.mktemp("checker") / "flag-all", True)
 
@@ -68,7 +68,7 @@ def write_peft_lora(
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = config.to_dict() if alpha is not None else None
     if bare_keys:
-        from predictor.lora_formats import METADATA_KEY
+        from predictor.loras.formats import METADATA_KEY
 
         header = {"format": "pt"}
         if metadata is not None:
@@ -92,7 +92,7 @@ def convert_lora_file(source: Path, destination: Path, fmt: str) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from predictor.lora_formats import parse_lora, to_format
+    from predictor.loras.formats import parse_lora, to_format
 
     with safe_open(str(source), framework="pt") as handle:
         parsed = parse_lora({k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata())  # noqa: SIM118

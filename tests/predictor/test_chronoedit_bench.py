@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from predictor.bench_gpu import WAN_I2V_14B, StepShape, floor_seconds, main, step_flops
+from predictor.dev.bench_gpu import WAN_I2V_14B, StepShape, floor_seconds, main, step_flops
 
 
 @pytest.mark.parametrize(
@@ -13,7 +13,7 @@ from predictor.bench_gpu import WAN_I2V_14B, StepShape, floor_seconds, main, ste
     [(832, 480, 3120, 0.11), (1280, 720, 7200, 0.28), (1664, 960, 12480, 0.55)],
 )
 def test_flop_floor_matches_design(width: int, height: int, tokens: int, floor_s: float) -> None:
-    """DESIGN §4.1: bf16 at ~800 TFLOP/s, one pass per step."""
+    """The cost floor in docs/chronoedit.md: bf16 at ~800 TFLOP/s, one pass per step."""
     shape = StepShape(width, height)
     assert shape.latent == (2, height // 8, width // 8)  # 5 frames → 2 latent frames
     assert shape.tokens(WAN_I2V_14B) == tokens

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from predictor.engines import load_engine
+from predictor.engines import ChronoEditOptions, load_engine
 from predictor.engines.base import SAFETY_FLAGGED_KEY, EngineJob
 from predictor.engines.chronoedit import ChronoEditEngine
 from predictor.engines.chronoedit_model import (
@@ -49,7 +49,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 def test_loads_through_the_registry_and_describes_itself(tiny_model_dir: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="predictor.engines.chronoedit"):
-        engine = load_engine("chronoedit", model_dir=str(tiny_model_dir), max_pass_area=AREA)
+        engine = load_engine(ChronoEditOptions(model_dir=str(tiny_model_dir), max_pass_area=AREA))
     assert isinstance(engine, ChronoEditEngine)
     assert engine.prompt == UPSCALER_PROMPT and engine.size_multiple == 16
     meta = engine.metadata()

@@ -14,6 +14,7 @@ from PIL import Image
 from predictor.cli import build_parser, main, settings_from_args
 from predictor.engines.blend import plan_pass_tiles
 from predictor.engines.chronoedit_model import UPSCALER_PROMPT
+from predictor.engines.options import ChronoEditOptions, SROptions
 from tests.conftest import ServerProcess, data_uri, encode, photo_crop, start_server, stop_server
 from tests.predictor.chronoedit_helpers import decode_data_uri, seam_ratio
 
@@ -148,18 +149,18 @@ def test_cli_flags_reach_the_engine() -> None:
             "/models/checker",
         ]
     )
-    assert settings_from_args(args).engine_options == {
-        "model_dir": "/models/chrono",
-        "upscaler_lora": "/models/up.safetensors",
-        "distill_lora": "/models/distill.safetensors",
-        "dtype": "bfloat16",
-        "device": "cuda",
-        "max_pass_area": 1000000,
-        "compile": True,
-        "safety_checker_dir": "/models/checker",
-    }
+    assert settings_from_args(args).engine_options == ChronoEditOptions(
+        model_dir="/models/chrono",
+        upscaler_lora="/models/up.safetensors",
+        distill_lora="/models/distill.safetensors",
+        dtype="bfloat16",
+        device="cuda",
+        max_pass_area=1000000,
+        compile=True,
+        safety_checker_dir="/models/checker",
+    )
     sr = settings_from_args(build_parser().parse_args(["serve", "--sr-model", "realesrgan"]))
-    assert sr.engine_options == {"model": "realesrgan"}
+    assert sr.engine_options == SROptions(model="realesrgan")
 
 
 def test_upscale_command_runs_chronoedit(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:

@@ -10,7 +10,7 @@ import httpx
 from PIL import Image
 
 from predictor.cli import main
-from predictor.example import curl_command, write_example
+from predictor.dev.example import curl_command, write_example
 from tests.conftest import ROOT, encode, photo_crop
 
 

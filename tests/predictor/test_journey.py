@@ -7,11 +7,12 @@ import asyncio
 import pytest
 from PIL import Image
 
+from predictor.api.errors import parse_request
 from predictor.config import Settings
 from predictor.engines.base import Engine, EngineJob, ProgressFn
 from predictor.errors import InputError, RequestFailed
-from predictor.journey import Upscaler, parse_request, process_image
-from predictor.store import MemoryOutputStore
+from predictor.journey import Upscaler, process_image
+from predictor.storage.memory import MemoryOutputStore
 from tests.conftest import data_uri, encode, photo_crop
 
 
@@ -49,7 +50,7 @@ def test_loras_refused_before_anything_is_fetched() -> None:
 
 
 def test_process_image_reports_stage_timings_and_sizes() -> None:
-    from predictor.engines import load_engine
+    from predictor.engines import SROptions, load_engine
 
     ticks: list[tuple[int, int, str]] = []
     request = parse_request({"image_url": "unused", "upscale_factor": 2.5, "output_format": "webp"})
@@ -57,7 +58,7 @@ def test_process_image_reports_stage_timings_and_sizes() -> None:
         encode(photo_crop(20, 12)),
         request,
         1,
-        load_engine("sr"),
+        load_engine(SROptions()),
         Settings(),
         lambda *tick: ticks.append(tick),
     )

@@ -1,4 +1,4 @@
-"""Request LoRAs on the chronoedit engine, in process, on the tiny model (DESIGN §5).
+"""Request LoRAs on the chronoedit engine, in process, on the tiny model (docs/loras.md).
 
 The LoRAs are random (both factors non-zero) and written by peft and diffusers themselves, then
 converted to the other key formats (``lora_files`` in conftest.py).
@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from predictor import loras as loras_module
 from predictor import metrics
-from predictor.config import LoraSettings
+from predictor.api.errors import parse_request
 from predictor.engines.base import EngineJob, LoraRequest
 from predictor.engines.chronoedit import ChronoEditEngine
+from predictor.engines.options import LoraSettings
 from predictor.errors import InputError, ValidationFailed
-from predictor.journey import parse_request
-from predictor.lora_formats import parse_lora
-from predictor.loras import LoraLoader, LoraSlots, check_and_convert
+from predictor.loras import prepare as prepare_module
+from predictor.loras import sources as sources_module
+from predictor.loras.formats import parse_lora
+from predictor.loras.prepare import check_and_convert
+from predictor.loras.slots import LoraSlots
+from predictor.loras.sources import LoraLoader
 from tests.conftest import photo_crop
 
 torch.set_num_threads(2)
@@ -226,7 +229,7 @@ def test_hf_uris_go_through_the_hub_download(engine, lora_files, monkeypatch) ->
             raise FileNotFoundError("404 Client Error: Entry Not Found")
         return str(lora_files["a_wan"])
 
-    monkeypatch.setattr(loras_module, "hf_download", fake_download)
+    monkeypatch.setattr(sources_module, "hf_download", fake_download)
     a = render(engine, ("a.safetensors", 1.0))
     assert np.array_equal(render(engine, ("hf://acme/paint@v1/sub/a.safetensors", 1.0)), a)
     assert calls == [("acme/paint", "sub/a.safetensors", "v1", engine.lora_settings.max_bytes)]
@@ -310,12 +313,12 @@ def test_a_download_stops_when_the_job_is_cancelled(engine, lora_files, image_ho
         if len(seen) > 1:
             raise JobCancelled()
 
-    loras_module.HEARTBEAT_S, saved = 0.0, loras_module.HEARTBEAT_S
+    sources_module.HEARTBEAT_S, saved = 0.0, sources_module.HEARTBEAT_S
     try:
         with pytest.raises(JobCancelled):
             loader.prepare([LoraRequest(url)], progress)
     finally:
-        loras_module.HEARTBEAT_S = saved
+        sources_module.HEARTBEAT_S = saved
     assert seen[0] == (0, 1, "lora")
     assert not list(tmp_path.glob("*.part"))  # the partial download is gone
 
@@ -340,10 +343,10 @@ def test_repeats_are_host_cache_hits(engine, lora_files, tmp_path) -> None:
 
 
 def test_host_cache_is_a_bounded_lru() -> None:
-    def item(name: str, nbytes: int) -> loras_module.PreparedLora:
-        return loras_module.PreparedLora(name, name, "diffusers", {}, 1, nbytes)
+    def item(name: str, nbytes: int) -> prepare_module.PreparedLora:
+        return prepare_module.PreparedLora(name, name, "diffusers", {}, 1, nbytes)
 
-    cache = loras_module.HostCache(100)
+    cache = prepare_module.HostCache(100)
     cache.put(item("a", 40))
     cache.put(item("b", 40))
     assert cache.get("a") is not None  # a is now the most recent

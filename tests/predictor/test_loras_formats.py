@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from predictor.cli import _lora_item, build_parser, settings_from_args
-from predictor.config import LoraSettings
 from predictor.engines.chronoedit_model import (
     UPSCALER_LORA_FILE,
     find_distill_lora,
     find_upscaler_lora,
 )
-from predictor.lora_formats import METADATA_KEY, parse_lora, to_format, wan_module
-from predictor.loras import SLOT_TARGETS, load_catalog
+from predictor.engines.options import LoraSettings
+from predictor.loras.formats import METADATA_KEY, parse_lora, to_format, wan_module
+from predictor.loras.prepare import SLOT_TARGETS
+from predictor.loras.sources import load_catalog
 
 GENERATOR = torch.Generator().manual_seed(3)
 
@@ -177,7 +178,7 @@ def test_flags_reach_the_engine_options() -> None:
             "60",
         ]
     )
-    assert settings_from_args(args).engine_options["loras"] == LoraSettings(
+    assert settings_from_args(args).engine_options.loras == LoraSettings(
         lora_dir="/mnt/loras",
         catalog="/etc/chrono-upscaler/loras/catalog.json",
         cache_dir="/cache",
@@ -190,7 +191,7 @@ def test_flags_reach_the_engine_options() -> None:
         fetch_timeout_s=60.0,
     )
     plain = build_parser().parse_args(["serve", "--engine", "chronoedit"])
-    assert "loras" not in settings_from_args(plain).engine_options  # defaults: left out
+    assert settings_from_args(plain).engine_options.loras == LoraSettings()  # the defaults
     upscale = build_parser().parse_args(
         [
             "upscale",
@@ -211,9 +212,9 @@ def test_flags_reach_the_engine_options() -> None:
 
 def test_bad_lora_flags_are_refused() -> None:
     for flags, expected in (
-        (["--lora-max-rank", "0"], "--lora-max-rank must be positive"),
+        (["--lora-max-rank", "0"], "--lora-max-rank: loras.max_rank must be at least 1"),
         (["--lora-slots", "4"], "invalid choice"),
-        (["--lora-cache-mb", "-1"], "--lora-cache-mb must be ≥ 0"),
+        (["--lora-cache-mb", "-1"], "--lora-cache-mb: loras.cache_bytes must be at least 0"),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "predictor", "serve", "--engine", "chronoedit", *flags],

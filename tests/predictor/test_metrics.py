@@ -224,7 +224,7 @@ def test_metrics_route_exposes_every_design_name(metered_server) -> None:
         assert name in names, name
 
 
-#: DESIGN §7 names, as prometheus_client families (counters drop their ``_total``)
+#: docs/observability.md's names, as prometheus_client families (counters drop their ``_total``)
 EXPORTED_FAMILIES = (
     "upscaler_request_duration_seconds",
     "upscaler_requests",

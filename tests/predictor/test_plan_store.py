@@ -6,7 +6,7 @@ import pytest
 
 from predictor.errors import InputError
 from predictor.plan import plan_output_size, resolve_seed
-from predictor.store import MemoryOutputStore
+from predictor.storage.memory import MemoryOutputStore
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from predictor.queue_routes import map_proxy_target
-from predictor.webhooks import verify_signature
+from predictor.api.queue_routes import map_proxy_target
+from predictor.queue.webhooks import verify_signature
 from tests.conftest import data_uri, encode, photo_crop, start_server, stop_server
 
 SUBMIT = "/queue/fal-ai/chrono-edit-lora-gallery/upscaler"

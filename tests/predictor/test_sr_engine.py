@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from predictor.engines import ENGINE_NAMES, load_engine
+from predictor.dev.quality import psnr, roundtrip_psnr
+from predictor.engines import ENGINE_NAMES, SROptions, load_engine, options_for
 from predictor.engines.base import EngineJob
 from predictor.engines.ncnn import NcnnFormatError, NcnnModel, load_model, parse_param
+from predictor.engines.options import OptionError
 from predictor.engines.sr import SREngine, default_models_dir, plan_scale
 from predictor.engines.sr_nets import RRDBNet, UpConv7
 from predictor.engines.tiling import count_tiles, plan_tiles, upscale_tiled
-from predictor.quality import psnr, roundtrip_psnr
 
 torch.set_num_threads(2)
 
@@ -339,12 +340,14 @@ def test_non_rgb_inputs(waifu2x: SREngine, mode: str) -> None:
 def test_registry() -> None:
     assert "sr" in ENGINE_NAMES
     with pytest.raises(ValueError, match=r"supported engines: .*sr"):
-        load_engine("nope")
-    engine = load_engine("sr", tile_size=64)
+        options_for("nope")
+    engine = load_engine(options_for("sr", tile_size=64))
     assert isinstance(engine, SREngine) and engine.name == "sr" and engine.tile_size == 64
     assert engine.size_multiple == 1 and not engine.supports_loras and engine.prompt == ""
-    with pytest.raises(ValueError):
-        load_engine("sr", model="bogus")
+    with pytest.raises(OptionError, match=r"^model must be one of waifu2x, realesrgan"):
+        options_for("sr", model="bogus")
+    with pytest.raises(OptionError, match=r"^tile_size must be at least 1, got 0"):
+        SROptions(tile_size=0)
 
 
 def test_psnr() -> None:

@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from predictor.store import StoredFile, files_url, new_file_name
+from predictor.storage.base import StoredFile, files_url, new_file_name
 
 
 class RedisOutputStore:

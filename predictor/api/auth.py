@@ -16,6 +16,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from predictor.api.errors import error_response
 from predictor.errors import RequestFailed
 
 ENV_VAR = "UPSCALER_API_KEYS"
@@ -75,8 +76,6 @@ class KeyAuthMiddleware:
             headers = dict(scope.get("headers", []))
             header = headers.get(b"authorization", b"").decode("latin-1") or None
             if not key_matches(header, self.keys):
-                from predictor.routes import error_response
-
                 response = error_response(unauthorized())
                 response.headers["WWW-Authenticate"] = "Key"
                 await response(scope, receive, send)

@@ -12,14 +12,11 @@ from typing import Any
 from kserve import Model
 from kserve.errors import InvalidInput
 
-from predictor.backends import open_output_store, open_queue
-from predictor.config import Settings
-from predictor.engines import load_engine
-from predictor.journey import Upscaler, parse_request
-from predictor.queue import Outcome, QueueBackend
-from predictor.webhooks import WebhookSettings, deliver_webhook
+from predictor.api.errors import parse_request
+from predictor.journey import Upscaler
+from predictor.queue.base import QueueBackend
 
-log = logging.getLogger("predictor.model")
+log = logging.getLogger("predictor.api.kserve_model")
 
 
 def base_url_from_headers(headers: dict[str, str] | None) -> str:
@@ -32,20 +29,17 @@ def base_url_from_headers(headers: dict[str, str] | None) -> str:
 
 
 class UpscalerModel(Model):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.model_name)
-        self.settings = settings
-        self.upscaler: Upscaler | None = None
-        self.queue: QueueBackend | None = None
+    """The upscaler as KServe sees it: ready once built (``predictor.server`` builds it)."""
+
+    def __init__(self, name: str, upscaler: Upscaler, queue: QueueBackend) -> None:
+        super().__init__(name)
+        self.upscaler: Upscaler = upscaler
+        self.queue: QueueBackend = queue
+        self.ready = True
 
     def load(self) -> bool:
-        log.info("loading engine=%s options=%s", self.settings.engine, self.settings.engine_options)
-        engine = load_engine(self.settings.engine, **self.settings.engine_options)
-        store = open_output_store(self.settings)
-        self.upscaler = Upscaler(engine, self.settings, store)
-        self.queue = open_queue(self.upscaler, self.settings, on_finished=self._send_webhook)
+        """Everything was loaded when the model was built; KServe calls this to (re)load."""
         self.ready = True
-        log.info("engine %s ready", engine.name)
         return self.ready
 
     def ready_upscaler(self) -> Upscaler | None:
@@ -53,25 +47,6 @@ class UpscalerModel(Model):
 
     def ready_queue(self) -> QueueBackend | None:
         return self.queue if self.ready else None
-
-    async def _send_webhook(
-        self, request_id: str, webhook_url: str | None, outcome: Outcome
-    ) -> None:
-        if webhook_url is None:
-            return
-        settings = self.settings
-        await deliver_webhook(
-            webhook_url,
-            request_id,
-            outcome.body,
-            outcome.failed,
-            WebhookSettings(
-                secret=settings.webhook_secret,
-                allow_private_urls=settings.fetch.allow_private_urls,
-                attempts=settings.webhook_attempts,
-                first_backoff_s=settings.webhook_backoff_s,
-            ),
-        )
 
     async def predict(
         self, payload: Any, headers: dict[str, str] | None = None, response_headers=None
@@ -86,7 +61,6 @@ class UpscalerModel(Model):
             parse_request(item, ("body", "instances", index))
             for index, item in enumerate(instances)
         ]
-        assert self.upscaler is not None
         base_url = base_url_from_headers(headers)
         predictions = []
         for request in requests:

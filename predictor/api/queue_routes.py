@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from predictor.api.errors import public_error
 from predictor.errors import RequestFailed, ValidationFailed, not_ready
-from predictor.journey import public_error
-from predictor.queue import OWNER_ALIAS, CancelOutcome, QueueBackend, Status, queue_urls
+from predictor.queue.base import OWNER_ALIAS, CancelOutcome, QueueBackend, Status, queue_urls
 from predictor.schema import APP_ID, UpscaleRequest
 from predictor.telemetry import REQUEST_ID_HEADER, current_record
 

@@ -32,12 +32,10 @@ from typing import Any
 import redis.asyncio as redis
 
 from predictor.errors import RequestFailed, queue_full
-from predictor.journey import check_supported
-from predictor.queue import (
+from predictor.queue.base import (
     CANCELLED_OUTCOME,
     MAX_LOGS,
     CancelOutcome,
-    LogLineObserver,
     Outcome,
     QueueBackend,
     QueueState,
@@ -46,10 +44,11 @@ from predictor.queue import (
     outcome_log,
     run_job,
 )
+from predictor.queue.local import LogLineObserver
 from predictor.schema import UpscaleRequest
 from predictor.workers import Admission
 
-log = logging.getLogger("predictor.redis_queue")
+log = logging.getLogger("predictor.queue.redis")
 
 #: how often an idle replica looks for work, and an SSE stream for changes (seconds)
 POLL_S = 0.1
@@ -268,10 +267,9 @@ class RedisQueue(QueueBackend):
     def ttl_s(self) -> int:
         return max(1, round(self.result_ttl_s))
 
-    async def submit(
+    async def _enqueue(
         self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
     ) -> QueueState:
-        check_supported(request, self.upscaler.engine)
         ahead = await self._scripts["submit"](
             keys=[self.waiting_key, self.key("job", request_id), self.key("logs", request_id)],
             args=[

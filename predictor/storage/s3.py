@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 
-from predictor.store import StoredFile, new_file_name
+from predictor.storage.base import StoredFile, new_file_name
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

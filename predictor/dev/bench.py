@@ -34,10 +34,10 @@ from PIL import Image
 
 from predictor.codec import ENCODERS, decode_image, encode_image
 from predictor.config import FetchLimits
-from predictor.engines import load_engine
+from predictor.dev.quality import roundtrip_psnr
+from predictor.engines import SROptions, load_engine
 from predictor.engines.base import EngineJob
 from predictor.fetch import fetch_image_bytes
-from predictor.quality import roundtrip_psnr
 from predictor.schema import APP_ID, OutputFormat
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
@@ -207,17 +207,10 @@ def fidelity_table(engine) -> str:
 
 
 def lora_section() -> str:
-    """LoRA swap figures (DESIGN §5), once ``predictor.loras`` offers ``bench_table()``."""
-    if importlib.util.find_spec("predictor.loras") is None:
-        return (
-            "Not available yet: LoRA hot-swapping (DESIGN §5, `predictor/loras.py`) is not "
-            "implemented. When it is, `predictor.loras.bench_table()` prints cold load, cache hit "
-            "and swap times here."
-        )
-    bench_table = getattr(importlib.import_module("predictor.loras"), "bench_table", None)
-    if bench_table is None:
-        return "Not available yet: `predictor.loras` has no `bench_table()`."
-    return bench_table()
+    """LoRA swap figures: cold load, cached and uncached loads, slot swaps (docs/loras.md)."""
+    from predictor.dev.bench_loras import lora_table
+
+    return lora_table()
 
 
 QUEUE = f"/queue/{APP_ID}"
@@ -358,7 +351,7 @@ def main() -> None:
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
         "threads)\n"
     )
-    engine = load_engine("sr")
+    engine = load_engine(SROptions())
     source = photo("astronaut").resize((512, 512), Image.LANCZOS)
     print("## Stages: 512² photo ×2 (sr engine, waifu2x photo), medians\n")
     table = stage_table(engine, source)

@@ -1,5 +1,6 @@
-"""The ``serve`` command's flags, and the :class:`Settings` they become (checked, with errors
-that name the flag)."""
+"""The command line's flags: ``serve``'s, which become :class:`Settings`, and the engine flags
+shared by ``serve`` and ``upscale``, built from the engines' typed options. Checked here, with
+errors that name the flag."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from predictor.auth import load_keys
-from predictor.config import FetchLimits, MiB, Settings
-from predictor.engine_flags import add_engine_options, engine_options
+from predictor.api.auth import load_keys
+from predictor.config import FetchLimits, Settings
+from predictor.engines import ENGINE_NAMES, options_for
+from predictor.engines.options import (
+    DEVICES,
+    DTYPES,
+    MAX_LORAS,
+    SR_MODELS,
+    ChronoEditOptions,
+    EngineOptions,
+    LoraSettings,
+    MiB,
+    OptionError,
+    SROptions,
+)
 
 _DEFAULT_FETCH = FetchLimits()  # defaults live once, in predictor.config
 
@@ -40,8 +53,18 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=_DEFAULT_FETCH.total_timeout_s,
         help="seconds to download image_url",
     )
-    limits.add_argument("--max-input-pixels", type=int, default=Settings.max_input_pixels)
-    limits.add_argument("--max-output-pixels", type=int, default=Settings.max_output_pixels)
+    limits.add_argument(
+        "--max-input-pixels",
+        type=int,
+        default=Settings.max_input_pixels,
+        help="decoded input pixels (width × height) accepted; larger images get 413",
+    )
+    limits.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=Settings.max_output_pixels,
+        help="planned output pixels (width × height); larger requests get 413 before any work",
+    )
     limits.add_argument(
         "--max-inflight", type=int, default=Settings.max_inflight, help="engine jobs run at once"
     )
@@ -172,7 +195,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host,
         port=args.port,
         model_name=args.model_name,
-        engine=args.engine,
         engine_options=engine_options(args),
         fetch=FetchLimits(
             allow_private_urls=args.allow_private_urls,
@@ -252,3 +274,186 @@ def _request_defaults(args: argparse.Namespace) -> dict[str, Any]:
         flag = "--default-" + str(error["loc"][0]).replace("_", "-")
         raise SystemExit(f"chrono-upscaler serve: error: {flag}: {error['msg']}") from None
     return {name: getattr(checked, name) for name in defaults}  # typed as the schema types them
+
+
+_SR = SROptions()
+_CHRONOEDIT = ChronoEditOptions()
+_LORAS = LoraSettings()
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The engine flags; each default is its option's (predictor.engines.options)."""
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine", choices=ENGINE_NAMES, default=SROptions.engine, help="upscaling engine"
+    )
+    group.add_argument(
+        "--sr-model",
+        choices=SR_MODELS,
+        default=_SR.model,
+        help="sr engine: waifu2x photo (fidelity) or Real-ESRGAN x4plus (clean-up look)",
+    )
+    group.add_argument(
+        "--tile-size",
+        type=int,
+        default=_SR.tile_size,
+        help="sr engine: input tile side (default: the model's own)",
+    )
+    group.add_argument("--threads", type=int, default=_SR.threads, help="torch CPU threads")
+    _add_chronoedit_options(parser)
+
+
+def _add_chronoedit_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("chronoedit engine (docs/chronoedit.md)")
+    group.add_argument(
+        "--model-dir",
+        default=_CHRONOEDIT.model_dir,
+        help="ChronoEdit-14B-Diffusers weights: a directory or a repo id in the local Hugging "
+        "Face cache (KServe puts storageUri in /mnt/models)",
+    )
+    group.add_argument(
+        "--upscaler-lora",
+        default=_CHRONOEDIT.upscaler_lora,
+        help="upsample_lora_diffusers.safetensors, or a directory/cached repo holding it "
+        "(default: found next to --model-dir or in the HF cache)",
+    )
+    group.add_argument(
+        "--distill-lora",
+        default=_CHRONOEDIT.distill_lora,
+        help="fuse NVIDIA's 8-step distillation LoRA (then flow_shift 2 instead of 5)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=_CHRONOEDIT.dtype,
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
+    group.add_argument("--device", choices=DEVICES, default=_CHRONOEDIT.device)
+    group.add_argument(
+        "--max-pass-area",
+        type=int,
+        default=_CHRONOEDIT.max_pass_area,
+        help="output pixels per diffusion pass; larger outputs are rendered as blended tiles",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        default=_CHRONOEDIT.compile,
+        help="torch.compile the transformer (static shapes) and warm it up at load",
+    )
+    group.add_argument(
+        "--safety-checker-dir",
+        default=_CHRONOEDIT.safety_checker_dir,
+        help="StableDiffusionSafetyChecker + CLIPImageProcessor directory (default: no checker)",
+    )
+    _add_lora_options(parser)
+
+
+def _add_lora_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("request LoRAs, chronoedit engine (docs/loras.md)")
+    group.add_argument(
+        "--lora-dir",
+        default=_LORAS.lora_dir,
+        help="directory of .safetensors LoRAs a request may name by path (inside it only)",
+    )
+    group.add_argument(
+        "--lora-catalog",
+        default=_LORAS.catalog,
+        help="JSON or YAML file of name → URI (hf://owner/repo/file.safetensors, https://…, "
+        "or a path) that requests may name",
+    )
+    group.add_argument(
+        "--lora-cache-dir",
+        default=_LORAS.cache_dir,
+        help="where downloaded LoRAs are kept, by content hash "
+        "(default ~/.cache/chrono-upscaler/loras)",
+    )
+    group.add_argument(
+        "--lora-cache-mb",
+        type=float,
+        default=_LORAS.cache_bytes / MiB,
+        help="host memory for recently used LoRAs, ready to swap in",
+    )
+    group.add_argument(
+        "--max-lora-mb",
+        type=float,
+        default=_LORAS.max_bytes / MiB,
+        help="largest LoRA file accepted",
+    )
+    group.add_argument(
+        "--lora-max-rank",
+        type=int,
+        default=_LORAS.max_rank,
+        help="rank of the LoRA slots; a request LoRA of higher rank is refused",
+    )
+    group.add_argument(
+        "--lora-slots",
+        type=int,
+        choices=range(MAX_LORAS + 1),
+        default=_LORAS.slots,
+        help="extra LoRAs per request (each slot costs compute on every step; 0: none)",
+    )
+    group.add_argument(
+        "--allow-lora-urls",
+        action="store_true",
+        default=_LORAS.allow_urls,
+        help="let requests name http(s) LoRA URLs (catalog URLs are always allowed)",
+    )
+    group.add_argument(
+        "--lora-fetch-timeout",
+        type=float,
+        default=_LORAS.fetch_timeout_s,
+        help="seconds to download one LoRA",
+    )
+
+
+#: option name (as OptionError names it) → the flag that sets it
+_FLAG_OF_OPTION = {
+    "model": "--sr-model",
+    "loras.max_rank": "--lora-max-rank",
+    "loras.max_bytes": "--max-lora-mb",
+    "loras.cache_bytes": "--lora-cache-mb",
+    "loras.fetch_timeout_s": "--lora-fetch-timeout",
+    "loras.slots": "--lora-slots",
+}
+
+
+def lora_settings(args: argparse.Namespace) -> LoraSettings:
+    return LoraSettings(
+        lora_dir=args.lora_dir,
+        catalog=args.lora_catalog,
+        cache_dir=args.lora_cache_dir,
+        cache_bytes=int(args.lora_cache_mb * MiB),
+        max_bytes=int(args.max_lora_mb * MiB),
+        max_rank=args.lora_max_rank,
+        slots=args.lora_slots,
+        allow_urls=args.allow_lora_urls,
+        allow_private_urls=getattr(args, "allow_private_urls", False),
+        fetch_timeout_s=args.lora_fetch_timeout,
+    )
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The typed options of ``--engine``; an option out of range exits naming its flag."""
+    try:
+        if args.engine == ChronoEditOptions.engine:
+            return options_for(
+                args.engine,
+                model_dir=args.model_dir,
+                upscaler_lora=args.upscaler_lora,
+                distill_lora=args.distill_lora,
+                dtype=args.dtype,
+                device=args.device,
+                max_pass_area=args.max_pass_area,
+                compile=args.compile,
+                safety_checker_dir=args.safety_checker_dir,
+                threads=args.threads,
+                loras=lora_settings(args),
+            )
+        return options_for(
+            args.engine, model=args.sr_model, tile_size=args.tile_size, threads=args.threads
+        )
+    except OptionError as exc:
+        option = str(exc).split(" ", 1)[0]
+        flag = _FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
+        raise SystemExit(f"chrono-upscaler: error: {flag}: {exc}") from None

@@ -15,8 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from predictor.errors import UpscaleError, ValidationFailed, file_too_large, not_ready
-from predictor.journey import Upscaler, public_error
+from predictor.api.errors import error_response, upscale_error_handler, validation_error_handler
+from predictor.errors import UpscaleError, file_too_large, not_ready
+from predictor.journey import Upscaler
 from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
 from predictor.telemetry import TelemetryMiddleware
 
@@ -29,20 +30,6 @@ def is_upscale_route(method: str, path: str) -> bool:
     return method == "POST" and (
         path in (FAL_PATH, f"/queue{FAL_PATH}") or _V1_PREDICT.match(path) is not None
     )
-
-
-def error_response(exc: UpscaleError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
-
-
-async def _upscale_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, UpscaleError)
-    return error_response(exc)
-
-
-async def _validation_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(ValidationFailed([public_error(error) for error in exc.errors()]))
 
 
 class BodyLimitMiddleware:
@@ -132,8 +119,8 @@ def mount_fal_routes(
     app: FastAPI, get_upscaler: Callable[[], Upscaler | None], max_body_bytes: int
 ) -> None:
     """Add fal's upscaler route and the output file route to ``app`` (KServe's app in serving)."""
-    app.add_exception_handler(UpscaleError, _upscale_error_handler)
-    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(UpscaleError, upscale_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
 
     def ready_upscaler() -> Upscaler:

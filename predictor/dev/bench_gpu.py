@@ -4,8 +4,8 @@ Builds ``ChronoEditTransformer3DModel`` with the Wan2.1-I2V-14B configuration an
 weights directly on the GPU in bf16 (no download), then times one transformer forward with the
 shapes of a real upscaling step: 5 frames → 2 latent frames, 512 text tokens, 257 CLIP image
 tokens, at 832×480 and 1280×720, eager and with ``torch.compile`` (regional, static shapes, as
-the engine's ``--compile`` does). Each step is compared with the FLOP floor of DESIGN §4.1
-(counted analytically below, at ``--peak-tflops``, 800 by default). One forward per step is the
+the engine's ``--compile`` does). Each step is compared with its FLOP floor (docs/chronoedit.md,
+counted analytically below, at ``--peak-tflops``, 800 by default). One forward per step is the
 guidance ≤ 1 case; CFG doubles it.
 
 Without a CUDA GPU it prints the analytic FLOP table, says it needs a GPU, and exits 0.
@@ -58,7 +58,7 @@ IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224²: 16² patches + the class token
 LATENT_FRAMES = 2  # 5 frames, VAE time stride 4
 VAE_STRIDE = 8
 RESOLUTIONS = ((832, 480), (1280, 720))
-PEAK_TFLOPS = 800.0  # DESIGN §4.1's dense bf16 assumption
+PEAK_TFLOPS = 800.0  # a dense bf16 peak for H100/H200-class GPUs (docs/chronoedit.md)
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m predictor.bench_gpu", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m predictor.dev.bench_gpu", description=__doc__)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny)")
     parser.add_argument(
         "--resolutions",

@@ -25,7 +25,7 @@ import httpx
 from predictor.errors import UpscaleError, error_message
 from predictor.fetch import pinned_request
 
-log = logging.getLogger("predictor.webhooks")
+log = logging.getLogger("predictor.queue.webhooks")
 
 SIGNATURE_HEADER = "X-Upscaler-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Upscaler-Webhook-Timestamp"

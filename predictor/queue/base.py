@@ -1,19 +1,17 @@
 """fal's queue protocol: submit now, poll status and logs, fetch the result, cancel.
 
-:class:`QueueBackend` is the interface the routes speak; :class:`LocalQueue` keeps requests in
-this process (one replica, ``make run``) and :class:`predictor.redis_queue.RedisQueue` shares them
-between replicas. Either way a request runs through the same journey and worker pool as a sync
-one (:func:`run_job`), timed and counted as its own request when it finishes. Finished requests
-are kept for ``result_ttl_s``, then forgotten (404).
+:class:`QueueBackend` is the interface the routes speak; :class:`~predictor.queue.local.LocalQueue`
+keeps requests in this process (one replica, ``make run``) and
+:class:`~predictor.queue.redis.RedisQueue` shares them between replicas. Either way a request
+runs through the same journey and worker pool as a sync one (:func:`run_job`), timed and counted
+as its own request when it finishes. Finished requests are kept for ``result_ttl_s``, then
+forgotten (404).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -129,11 +127,18 @@ class QueueBackend(ABC):
         self.on_finished = on_finished
         self._background: set[asyncio.Task] = set()
 
-    @abstractmethod
     async def submit(
         self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
     ) -> QueueState:
         """Accept a request, or raise 429 when the queue is full (400 for what cannot run)."""
+        check_supported(request, self.upscaler.engine)  # refused now, not after its wait
+        return await self._enqueue(request_id, request, base_url, webhook_url)
+
+    @abstractmethod
+    async def _enqueue(
+        self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
+    ) -> QueueState:
+        """Keep an accepted request until a worker runs it (429 when the queue is full)."""
 
     @abstractmethod
     async def state(self, request_id: str) -> QueueState | None:
@@ -206,183 +211,3 @@ def outcome_log(outcome: Outcome) -> dict[str, str]:
     if outcome.failed:
         return log_line(f"failed: {outcome.body.get('error_type')}", "ERROR")
     return log_line("completed")
-
-
-@dataclass
-class _Entry:
-    """One request of a :class:`LocalQueue`."""
-
-    request_id: str
-    request: UpscaleRequest
-    base_url: str
-    webhook_url: str | None
-    submitted: float = field(default_factory=time.monotonic)
-    status: Status = Status.IN_QUEUE
-    logs: list[dict[str, str]] = field(default_factory=list)
-    outcome: Outcome | None = None
-    finished_at: float | None = None
-    cancel_requested: bool = False
-    task: asyncio.Task | None = None
-    #: set (and replaced by a fresh one) whenever status or logs change; SSE streams wait on it
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add_log(self, line: dict[str, str]) -> None:
-        with self._lock:
-            if len(self.logs) < MAX_LOGS:
-                self.logs.append(line)
-
-    def notify(self) -> None:
-        """Wake every waiter (on the event loop's thread)."""
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
-
-
-class LogLineObserver(JobObserver):
-    """The journey's events as fal-style log lines; subclasses decide where a line goes.
-
-    Called on the engine's worker thread, so :meth:`add` must be thread-safe.
-    """
-
-    def add(self, line: dict[str, str]) -> None:
-        raise NotImplementedError
-
-    def started(self) -> None:
-        self.add(log_line("started on an engine worker"))
-
-    def progress(self, done: int, total: int, unit: str) -> None:
-        self.add(log_line(f"{unit} {done}/{total}"))
-
-    def log(self, message: str) -> None:
-        self.add(log_line(message))
-
-
-class _LocalObserver(LogLineObserver):
-    """Lines into the entry, and the entry marked in progress once a worker has it."""
-
-    def __init__(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> None:
-        self.entry = entry
-        self.loop = loop
-
-    def add(self, line: dict[str, str]) -> None:
-        self.entry.add_log(line)
-        self.loop.call_soon_threadsafe(self.entry.notify)
-
-    def started(self) -> None:
-        self.entry.status = Status.IN_PROGRESS
-        super().started()
-
-
-class LocalQueue(QueueBackend):
-    """Requests in this process: each an asyncio task waiting in the shared worker pool.
-
-    Admission is the pool's own, so a submit is refused exactly when a sync request would be.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._entries: dict[str, _Entry] = {}
-
-    async def submit(
-        self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
-    ) -> QueueState:
-        self._forget_expired()
-        check_supported(request, self.upscaler.engine)
-        admission = self.upscaler.pool.admit()
-        entry = _Entry(request_id, request, base_url, webhook_url)
-        entry.add_log(log_line("queued"))
-        self._entries[request_id] = entry
-        # a fresh context: the submit's HTTP record must not become this job's record
-        entry.task = asyncio.get_running_loop().create_task(
-            self._run(entry, admission), context=contextvars.Context()
-        )
-        # a task cancelled before its first step never runs _run's own clean-up
-        entry.task.add_done_callback(lambda _: self._cancelled_before_start(entry, admission))
-        return self._state(entry)
-
-    async def state(self, request_id: str) -> QueueState | None:
-        self._forget_expired()
-        entry = self._entries.get(request_id)
-        return self._state(entry) if entry is not None else None
-
-    def _state(self, entry: _Entry) -> QueueState:
-        position = None
-        if entry.status is Status.IN_QUEUE:
-            position = sum(
-                1
-                for other in self._entries.values()
-                if other.status is Status.IN_QUEUE and other.submitted < entry.submitted
-            )
-        with entry._lock:
-            logs = list(entry.logs)
-        return QueueState(
-            entry.request_id, entry.status, entry.base_url, position, logs, entry.outcome
-        )
-
-    async def cancel(self, request_id: str) -> CancelOutcome:
-        entry = self._entries.get(request_id)
-        if entry is None:
-            return CancelOutcome.NOT_FOUND
-        if entry.status is Status.COMPLETED:
-            return CancelOutcome.ALREADY_COMPLETED
-        if not entry.cancel_requested:
-            entry.cancel_requested = True
-            entry.add_log(log_line("cancellation requested", "WARNING"))
-            entry.notify()
-            assert entry.task is not None
-            entry.task.cancel()  # a waiting job leaves the queue; a running one stops next step
-        return CancelOutcome.CANCELLATION_REQUESTED
-
-    def change_marker(self, request_id: str) -> asyncio.Event | None:
-        entry = self._entries.get(request_id)
-        return entry.changed if entry is not None else None
-
-    async def wait_changed(self, request_id: str, marker: Any, timeout: float) -> bool:
-        if not isinstance(marker, asyncio.Event):
-            return True
-        try:
-            await asyncio.wait_for(marker.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        for entry in self._entries.values():
-            if entry.task is not None and not entry.task.done():
-                entry.task.cancel()
-
-    def _forget_expired(self) -> None:
-        now = time.monotonic()
-        for request_id, entry in list(self._entries.items()):
-            if entry.finished_at is not None and now - entry.finished_at > self.result_ttl_s:
-                del self._entries[request_id]
-
-    async def _run(self, entry: _Entry, admission: Admission) -> None:
-        observer = _LocalObserver(entry, asyncio.get_running_loop())
-        try:
-            outcome = await run_job(
-                self.upscaler,
-                entry.request_id,
-                entry.request,
-                entry.base_url,
-                observer,
-                admission,
-            )
-        except asyncio.CancelledError:
-            outcome = CANCELLED_OUTCOME
-        self._complete(entry, outcome)
-
-    def _cancelled_before_start(self, entry: _Entry, admission: Admission) -> None:
-        if entry.status is Status.COMPLETED:
-            return
-        admission.release()
-        self._count_unrun(entry.request_id, CANCELLED_OUTCOME)
-        self._complete(entry, CANCELLED_OUTCOME)
-
-    def _complete(self, entry: _Entry, outcome: Outcome) -> None:
-        entry.outcome = outcome
-        entry.finished_at = time.monotonic()
-        entry.status = Status.COMPLETED
-        entry.add_log(outcome_log(outcome))
-        entry.notify()
-        self._finished(entry.request_id, entry.webhook_url, outcome)

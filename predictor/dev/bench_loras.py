@@ -12,7 +12,7 @@ of the slots' full rank over every slot layer:
 * and a full-size estimate: the copy of a 14B-shaped rank-64 LoRA (40 blocks × 12 slot layers,
   bf16) between two host buffers, as a stand-in for the host → GPU copy a swap does.
 
-``python -m predictor.bench_loras`` prints the table alone.
+``python -m predictor.dev.bench_loras`` prints the table alone.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from predictor.config import LoraSettings
 from predictor.engines.base import EngineJob, LoraRequest
+from predictor.engines.options import LoraSettings
 
 RANK = 16
 #: the 14B transformer's slot layers per block: (in, out) of q/k/v/o ×2, add_k/add_v, FFN
@@ -40,7 +40,7 @@ def _median_ms(samples: list[float]) -> float:
 def _write_loras(directory: Path, shapes: dict[str, tuple[int, int]], count: int) -> list[str]:
     from safetensors.torch import save_file
 
-    from predictor.lora_formats import to_format
+    from predictor.loras.formats import to_format
 
     names = []
     for index in range(count):
@@ -82,9 +82,9 @@ def measure(repeats: int = 5) -> dict[str, float]:
     from PIL import Image
     from torch._dynamo.utils import counters
 
+    from predictor.dev.tiny_model import build_tiny_model
     from predictor.engines.chronoedit import ChronoEditEngine
-    from predictor.loras import LoraLoader
-    from predictor.tiny_model import build_tiny_model
+    from predictor.loras.sources import LoraLoader
 
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as temporary:
