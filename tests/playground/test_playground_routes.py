@@ -107,7 +107,7 @@ def test_page_and_info_need_no_key(keyed_server) -> None:
 
 
 def test_files_ship_in_the_package_and_load_nothing_external() -> None:
-    directory = resources.files("predictor") / "playground"
+    directory = resources.files("predictor.api.playground")
     for name in ASSETS:
         text = (directory / name).read_text()
         assert text.strip(), name

@@ -37,7 +37,7 @@ SECURITY_HEADERS = {
 
 def read_asset(name: str) -> bytes:
     """One of the page's files, from the installed package."""
-    return (resources.files("predictor") / "playground" / name).read_bytes()
+    return (resources.files(__package__) / name).read_bytes()
 
 
 def _media_ranges(accept: str) -> list[tuple[str, float]]:
