@@ -335,11 +335,27 @@ def keda_hpa_conflict(scaled_object: dict[str, Any], hpas: list[dict[str, Any]])
 # every rule over one built set of children
 
 
+def derived_names(child: Child) -> list[str]:
+    """The child's name and the DNS-label names others derive from it: KServe's predictor
+    Deployment and Service ``<isvc>-predictor`` (KServe v0.20.0, pkg/constants/constants.go,
+    PredictorServiceName) and Knative's first revision ``<ksvc>-00001`` (Knative Serving
+    v1.23.0, pkg/reconciler/configuration/resources/revision.go)."""
+    name = child.manifest["metadata"]["name"]
+    if child.kind == "InferenceService":
+        return [name, f"{name}-predictor", f"{name}-predictor-00001"]
+    if child.kind == "ScaledObject":
+        return [name, keda_hpa_name(child.manifest)]
+    return [name]
+
+
 def child_errors(children: list[Child]) -> list[str]:
     """Every create-time refusal or silent change of the children, by KServe, Knative, KEDA."""
     errors: list[str] = []
     for child in children:
         manifest = child.manifest
+        for name in derived_names(child):
+            if len(name) > KEDA_MAX_NAME:
+                errors.append(f"derived name {name!r} is longer than 63 characters")
         if child.kind == "InferenceService":
             predictor = predictor_of(manifest)
             container = container_of(manifest)
