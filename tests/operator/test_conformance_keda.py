@@ -51,14 +51,15 @@ def test_conformance_keda_handover_waits_for_kserves_hpa() -> None:
     cluster.kserve_reconcile()
     assert cluster.hpas("ns")  # KServe's HPA on up-predictor
     queued = {**raw, "queue": {"redis": {"url": "redis://redis.queue.svc:6379/0"}}}
-    c.reconcile(cluster, "up", queued)  # KServe's HPA is still there: no ScaledObject yet
+    result = c.reconcile(cluster, "up", queued)  # KServe's HPA is still there: no ScaledObject yet
+    assert result.retry  # the handler runs it again after --retry-delay
     scaled_object = "/apis/keda.sh/v1alpha1/namespaces/ns/scaledobjects/up-predictor"
     assert scaled_object not in cluster.objects
     autoscaling = c.conditions(cluster, "up")["Autoscaling"]
     assert autoscaling["reason"] == "WaitingForHPARemoval", autoscaling
     cluster.kserve_reconcile()  # class external: KServe deletes its HPA
     assert not cluster.hpas("ns")
-    c.reconcile(cluster, "up", queued)
+    assert not c.reconcile(cluster, "up", queued).retry
     assert scaled_object in cluster.objects
     assert c.conditions(cluster, "up")["Autoscaling"]["reason"] != "WaitingForHPARemoval"
 
