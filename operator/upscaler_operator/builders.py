@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +23,12 @@ from upscaler_operator import (
 )
 from upscaler_operator import spec as spec_module
 from upscaler_operator.kube import Ref
-from upscaler_operator.spec import DEFAULT_UPSCALER_LORA, DeploymentSpec
+from upscaler_operator.spec import (
+    DEFAULT_UPSCALER_LORA,
+    DeploymentSpec,
+    duration_seconds,
+    quantity,
+)
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 PODMONITOR_API_VERSION = "monitoring.coreos.com/v1"
@@ -67,15 +70,26 @@ KNATIVE, HPA, KEDA, HPA_WITHOUT_KEDA = "knative", "hpa", "keda", "hpa-without-ke
 EXTERNAL_AUTOSCALER_CLASS = "external"
 #: the Redis keys of the shared queue (predictor/redis_queue.py): waiting ids, running leases
 WAITING_SUFFIX, RUNNING_SUFFIX = ":waiting", ":running"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 #: startup budget: ChronoEdit-14B loads for many minutes from a cold disk; sr in seconds
 STARTUP_PROBE = {"chronoedit": (10, 180), "sr": (5, 36)}  # (period s, failures): 30 min, 3 min
 #: the route may run a little past the predictor's own deadline so the predictor answers 504
 ROUTE_TIMEOUT_MARGIN_S = 30
-#: draining: requests in flight may run for a whole request timeout after SIGTERM
-DRAIN_MARGIN_S = 60
+#: the pod's termination grace period runs this much past the predictor's --shutdown-grace, so
+#: the predictor finishes draining (and hands queued work back) before the kubelet's SIGKILL
+SHUTDOWN_MARGIN_S = 5
+#: CPU and memory when spec.predictor.resources leaves them out: explicit requests AND limits,
+#: because KServe's webhook fills a missing one from inferenceservice-config (cpu 1, 2Gi), which
+#: would cap a larger request (an invalid pod) or silently cap the memory at 2 GiB
+DEFAULT_RESOURCES = {
+    "chronoedit": {
+        "requests": {"cpu": "4", "memory": "64Gi"},
+        "limits": {"cpu": "8", "memory": "96Gi"},
+    },
+    "sr": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+}
+#: KEDA names its HPA keda-hpa-<ScaledObject> unless told; that would pass 63 characters
+KEDA_HPA_SUFFIX = "-keda"
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,11 @@ def pod_monitor_name(owner_name: str) -> str:
 
 def scaled_object_name(owner_name: str) -> str:
     return f"{owner_name}-predictor"
+
+
+def keda_hpa_name(owner_name: str) -> str:
+    """The HPA KEDA makes for the ScaledObject (``advanced.horizontalPodAutoscalerConfig.name``)."""
+    return f"{scaled_object_name(owner_name)}{KEDA_HPA_SUFFIX}"
 
 
 def predictor_deployment_name(owner_name: str) -> str:
@@ -304,16 +323,36 @@ def _lora_sources(spec: DeploymentSpec) -> dict[str, str]:
     return sources
 
 
-def lora_path(slot: str, source: str) -> str:
+def mounted_path(uri: str, mount: str) -> str:
+    """Where a storage URI's content is inside the pod, given its storageUris mount path.
+
+    KServe mounts a ``pvc://claim/sub/path`` entry of storageUris as the whole claim at the
+    mount path (no subPath), so the sub-path is appended here; a downloaded URI fills the mount.
+    """
+    if uris.scheme_of(uri) == "pvc":
+        sub_path = uri.split("://", 1)[1].partition("/")[2].strip("/")
+        return f"{mount}/{sub_path}" if sub_path else mount
+    return mount
+
+
+def model_dir(spec: DeploymentSpec) -> str:
+    """The predictor's --model-dir: the model's mount, plus a pvc:// URI's sub-path."""
+    return mounted_path(spec.model.storage_uri or "", MODEL_DIR)
+
+
+def lora_path(slot: str, source: str, spec: DeploymentSpec | None = None) -> str:
     """Where a LoRA is inside the pod.
 
     A relative path lives in the model directory. A URI is downloaded into its own mount: a URI
     naming one ``.safetensors`` object (http, s3, gs) lands as that file; a repository (hf://)
-    or a directory lands as a directory, and the predictor takes the one .safetensors in it.
+    or a directory lands as a directory, and the predictor takes the one .safetensors in it; a
+    pvc:// claim is mounted whole, so its sub-path follows the mount.
     """
     scheme = uris.scheme_of(source)
     if scheme is None:
-        return f"{MODEL_DIR}/{source}"
+        return f"{model_dir(spec) if spec is not None else MODEL_DIR}/{source}"
+    if scheme == "pvc":
+        return mounted_path(source, LORA_MOUNTS[slot])
     basename = source.rstrip("/").rsplit("/", 1)[-1]
     if scheme in ("http", "https", "s3", "gs") and basename.endswith(".safetensors"):
         return f"{LORA_MOUNTS[slot]}/{basename}"
@@ -329,9 +368,9 @@ def predictor_args(name: str, spec: DeploymentSpec, namespace: str = "default") 
     args = ["serve", "--host", "0.0.0.0", "--port", str(PORT), "--model-name", name]
     args += ["--engine", spec.engine]
     if spec.engine == "chronoedit":
-        args += ["--model-dir", MODEL_DIR, "--dtype", spec.model.dtype]
+        args += ["--model-dir", model_dir(spec), "--dtype", spec.model.dtype]
         for slot, source in _lora_sources(spec).items():
-            args += [f"--{slot}-lora", lora_path(slot, source)]
+            args += [f"--{slot}-lora", lora_path(slot, source, spec)]
         if spec.pricing.gpu_hourly_usd is not None:
             args += ["--gpu-hourly-usd", _number(spec.pricing.gpu_hourly_usd)]
     elif spec.model.sr_model:
@@ -342,6 +381,7 @@ def predictor_args(name: str, spec: DeploymentSpec, namespace: str = "default") 
         args += ["--default-num-inference-steps", str(spec.defaults.num_inference_steps)]
     if spec.defaults.output_format is not None:
         args += ["--default-output-format", spec.defaults.output_format]
+    args += ["--shutdown-grace", str(spec.shutdown_grace)]
     args += ["--request-timeout", str(spec.request_timeout_seconds)]
     return args + _queue_args(name, spec, namespace) + _output_args(spec)
 
@@ -418,7 +458,24 @@ def _number(value: float) -> str:
 
 
 def _resources(spec: DeploymentSpec) -> dict[str, Any]:
+    """The container's resources: CPU and memory always with both a request and a limit.
+
+    What spec.predictor.resources gives is kept; a missing side is filled from the given one and
+    the engine's default (``DEFAULT_RESOURCES``): a missing limit is the larger of the request
+    and the default limit, a missing request the smaller of the limit and the default request.
+    """
     resources = {key: dict(value) for key, value in spec.predictor.resources.items() if value}
+    requests, limits = resources.setdefault("requests", {}), resources.setdefault("limits", {})
+    defaults = DEFAULT_RESOURCES[spec.engine]
+    for name in ("cpu", "memory"):
+        request, limit = requests.get(name), limits.get(name)
+        default_request, default_limit = defaults["requests"][name], defaults["limits"][name]
+        if request is None and limit is None:
+            requests[name], limits[name] = default_request, default_limit
+        elif limit is None:
+            limits[name] = max(request, default_limit, key=quantity)
+        elif request is None:
+            requests[name] = min(limit, default_request, key=quantity)
     gpus = spec.gpus
     if gpus is not None:
         resources.setdefault("limits", {})[gpus.resource_name] = str(gpus.count)
@@ -510,10 +567,12 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
         predictor.update(scaleMetric="concurrency", scaleTarget=scaling.target_concurrency)
     elif scaler != KEDA:  # KEDA's ScaledObject says what it scales on
         predictor.update(scaleMetric="cpu", scaleTarget=scaling.target_cpu_utilization)
+    drain = spec.shutdown_grace + SHUTDOWN_MARGIN_S
     predictor.update(
         {
-            # Knative: the revision's request timeout, and (Knative sets it so) the pod's grace
-            "timeout": spec.request_timeout_seconds + ROUTE_TIMEOUT_MARGIN_S,
+            # Knative: the revision's request timeout, and (Knative sets it so) the pod's grace,
+            # which must cover the predictor's --shutdown-grace too
+            "timeout": max(spec.request_timeout_seconds + ROUTE_TIMEOUT_MARGIN_S, drain),
             "labels": {DEPLOYMENT_LABEL: owner.name},
             "annotations": pod_annotations,
             **_scheduling(spec),
@@ -522,7 +581,7 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
         }
     )
     if not serverless:  # Knative refuses this field; it derives the grace period from timeout
-        predictor["terminationGracePeriodSeconds"] = spec.request_timeout_seconds + DRAIN_MARGIN_S
+        predictor["terminationGracePeriodSeconds"] = drain
     if spec.predictor.service_account_name:
         predictor["serviceAccountName"] = spec.predictor.service_account_name
     storage = storage_uris(spec)
@@ -538,14 +597,6 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
         annotations,
         {"spec": {"predictor": predictor}},
     )
-
-
-def duration_seconds(duration: str) -> int:
-    """A Knative-style duration (``300s``, ``10m``, ``1h30m``, ``1.5h``) in whole seconds, up."""
-    parts = _DURATION_PART.findall(duration)
-    if not parts or "".join(value + unit for value, unit in parts) != duration:
-        raise ValueError(f"not a duration: {duration!r}")
-    return math.ceil(sum(float(value) * _DURATION_UNIT_S[unit] for value, unit in parts))
 
 
 def _redis_connection(spec: DeploymentSpec) -> dict[str, str]:
@@ -605,6 +656,8 @@ def build_scaled_object(owner: Owner, spec: DeploymentSpec) -> Child:
         "minReplicaCount": scaling.min_replicas,
         "maxReplicaCount": scaling.max_replicas,
         "advanced": {
+            # KEDA's default HPA name, keda-hpa-<ScaledObject>, passes 63 characters for long names
+            "horizontalPodAutoscalerConfig": {"name": keda_hpa_name(owner.name)},
             # when the ScaledObject goes (spec changed), give the Deployment back its replicas:
             # KServe's HPA cannot scale up a Deployment KEDA left at zero
             "restoreToOriginalReplicaCount": True,

@@ -84,9 +84,11 @@ def build_registry(
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     def reconcile_deployment(namespace: str, name: str, **_: Any) -> None:
         try:
-            reconciler.reconcile(namespace, name)
+            result = reconciler.reconcile(namespace, name)
         except (ReconcileFailed, KubeError) as exc:
             raise kopf.TemporaryError(str(exc), delay=config.retry_delay_s) from exc
+        if result is not None and result.retry:  # waiting on the cluster; the status says why
+            raise kopf.TemporaryError("waiting on the cluster", delay=config.retry_delay_s)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="deployment-event", registry=registry)
     def deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:

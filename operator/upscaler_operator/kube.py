@@ -123,6 +123,16 @@ class Kube:
                 return None
             raise
 
+    def list_items(self, ref: Ref) -> list[dict[str, Any]]:
+        """The items of a collection (``ref`` without a name); empty when it is not served."""
+        try:
+            listing = self.request("GET", ref.collection_path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return list((listing or {}).get("items") or [])
+
     def create(self, ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", ref.collection_path, body)
 

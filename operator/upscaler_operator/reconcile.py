@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from upscaler_operator import API_VERSION, MANAGED_BY, MANAGED_BY_LABEL, PLURAL
+from upscaler_operator import API_VERSION, KIND, MANAGED_BY, MANAGED_BY_LABEL, PLURAL
 from upscaler_operator.builders import (
+    DEPLOYMENT_MODES,
     ISVC_API_VERSION,
     KEDA,
     KEDA_API_VERSION,
@@ -31,14 +32,26 @@ from upscaler_operator.builders import (
     autoscaler,
     build_children,
     isvc_name,
+    predictor_deployment_name,
     queue_prefix,
+    scaled_object_name,
     scaled_object_ref,
+    storage_uris,
 )
 from upscaler_operator.config import OperatorConfig
 from upscaler_operator.kube import Kube, KubeError, Ref
 from upscaler_operator.metrics import Metrics
 from upscaler_operator.spec import DeploymentSpec, InvalidSpec, default_redis, parse_spec
-from upscaler_operator.status import Outcome, autoscaling_state, build_status, status_patch
+from upscaler_operator.status import (
+    FALSE,
+    UNKNOWN,
+    ConditionState,
+    Outcome,
+    autoscaling_state,
+    build_status,
+    now_rfc3339,
+    status_patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,59 @@ class ReconcileFailed(Exception):
 class Result:
     outcome: str  # ok | invalid
     status: dict[str, Any]
+    retry: bool = False  # waiting on the cluster (a deletion, KServe's HPA): run again later
+
+
+#: KServe's own names of the deployment modes, old and new, as its status may record them
+_KSERVE_MODES = {"Serverless": "Knative", "RawDeployment": "Standard"}
+#: a resource KServe serves from 0.18 on, the release whose storage initializer downloads
+#: several storageUris (its ClusterStorageContainer supportsMultiModelDownload)
+KSERVE_018_MARKER = ("serving.kserve.io/v1alpha1", "localmodelnamespacecaches")
+HPA_API_VERSION = "autoscaling/v2"
+#: KEDA's webhook skips an HPA carrying this annotation with "false"
+KEDA_HPA_OWNERSHIP_ANNOTATION = "validations.keda.sh/hpa-ownership"
+
+
+def recorded_mode(isvc: Mapping[str, Any] | None) -> str | None:
+    """The deployment mode KServe recorded in the InferenceService's status (its current name).
+
+    KServe's webhook refuses any change of the mode annotation once the status records one.
+    """
+    mode = ((isvc or {}).get("status") or {}).get("deploymentMode")
+    return _KSERVE_MODES.get(mode, mode) if mode else None
+
+
+def blocking_hpas(hpas: list[dict[str, Any]], owner: Owner) -> list[str]:
+    """HPAs that make KEDA's webhook refuse our ScaledObject: they target the predictor's
+    Deployment, are not owned by that ScaledObject and do not opt out of KEDA's check."""
+    deployment = predictor_deployment_name(owner.name)
+    scaled_object = scaled_object_name(owner.name)
+    found = []
+    for hpa in hpas:
+        meta = hpa.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(KEDA_HPA_OWNERSHIP_ANNOTATION) == "false":
+            continue
+        target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+        if target.get("kind") != "Deployment" or target.get("name") != deployment:
+            continue
+        owners = meta.get("ownerReferences") or []
+        if any(o.get("kind") == "ScaledObject" and o.get("name") == scaled_object for o in owners):
+            continue
+        found.append(meta.get("name", "?"))
+    return found
+
+
+def cluster_notes(spec: DeploymentSpec) -> tuple[str, ...]:
+    """What the cluster must allow that the operator cannot see: Knative's PVC features."""
+    pvc = any(entry["uri"].startswith("pvc://") for entry in storage_uris(spec))
+    if pvc and spec.scaling.mode == "Serverless":
+        return (
+            "pvc:// storage in Serverless mode needs Knative's "
+            "kubernetes.podspec-persistent-volume-claim and "
+            "kubernetes.podspec-persistent-volume-write features enabled (KServe mounts the "
+            "claim read-write)",
+        )
+    return ()
 
 
 def _key(owner: Owner) -> tuple[str, str]:
@@ -127,7 +193,7 @@ class Reconciler:
         self.default_redis = default_redis(config.default_redis_url, config.default_redis_secret)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._discovered: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._discovered: dict[str, tuple[float, frozenset[str] | None]] = {}
         self._discovery_guard = threading.Lock()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
@@ -186,7 +252,10 @@ class Reconciler:
         self.metrics.set_cost(owner.namespace, owner.name, status["estimatedHourlyCostUsd"])
         if result.failure is not None:
             raise ReconcileFailed(result.failure)
-        return Result("invalid" if result.invalid is not None else "ok", status)
+        waiting = result.blocked is not None or (
+            result.autoscaling is not None and result.autoscaling.reason == "WaitingForHPARemoval"
+        )
+        return Result("invalid" if result.invalid is not None else "ok", status, retry=waiting)
 
     def _apply_all(
         self, owner: Owner, spec: DeploymentSpec
@@ -199,6 +268,21 @@ class Reconciler:
         scaler = autoscaler(spec, options)
         isvc: Mapping[str, Any] | None = None
         scaled_object: Mapping[str, Any] | None = None
+        if storage_uris(spec) and self.kserve_too_old():
+            message = (
+                "spec.model: the InferenceService needs KServe >= 0.18 (storageUris, downloaded "
+                f"by a storage initializer that supports several); this cluster serves no "
+                f"{KSERVE_018_MARKER[1]}.{KSERVE_018_MARKER[0]}, so its KServe is older: upgrade "
+                "KServe"
+            )
+            return Outcome(blocked=ConditionState(FALSE, "KServeTooOld", message)), None
+        try:
+            recreating = self._recreate_on_mode_change(owner, spec)
+        except KubeError as exc:
+            log.error("deployment=%s/%s mode change failed: %s", *_key(owner), exc)
+            return Outcome(failure=f"InferenceService {isvc_name(owner.name)}: {exc}"), isvc
+        if recreating is not None:
+            return Outcome(blocked=recreating), None
         if options.keda and scaler != KEDA:
             # first, so KEDA hands the Deployment back before KServe's own HPA takes it
             ref = scaled_object_ref(owner)
@@ -208,7 +292,15 @@ class Reconciler:
                 log.error("deployment=%s/%s delete %s failed: %s", *_key(owner), ref, exc)
                 return Outcome(failure=f"ScaledObject {ref.name}: {exc}"), isvc
         applied: list[str] = []
+        waiting: ConditionState | None = None
         for child in build_children(owner, spec, options):
+            if child.kind == "ScaledObject":
+                try:
+                    waiting = self._hpa_in_the_way(owner)
+                except KubeError as exc:
+                    return Outcome(failure=f"HorizontalPodAutoscalers: {exc}"), isvc
+                if waiting is not None:
+                    continue
             try:
                 current = self.apply(child)
             except KubeError as exc:
@@ -219,13 +311,93 @@ class Reconciler:
                 isvc = current
             elif child.kind == "ScaledObject":
                 scaled_object = current
-        scaling = autoscaling_state(
+        scaling = waiting or autoscaling_state(
             spec,
             scaler,
             prefix=queue_prefix(owner.namespace, owner.name, spec),
             scaled_object=scaled_object,
         )
-        return Outcome(applied=tuple(applied), autoscaling=scaling), isvc
+        notes = cluster_notes(spec)
+        return Outcome(applied=tuple(applied), autoscaling=scaling, notes=notes), isvc
+
+    def kserve_too_old(self) -> bool:
+        """KServe serves its v1alpha1 API without the 0.18 marker (unknown counts as new)."""
+        api_version, plural = KSERVE_018_MARKER
+        resources = self._resources_cached(api_version)
+        return resources is not None and plural not in resources
+
+    def _recreate_on_mode_change(self, owner: Owner, spec: DeploymentSpec) -> ConditionState | None:
+        """Delete an InferenceService whose recorded deployment mode is not the wanted one.
+
+        KServe's webhook refuses to change the mode in place, so a patch would fail forever. The
+        deletion is announced by an Event; the deployment is recreated once the old one is gone
+        (its DELETED event, or the retry). While it goes, the condition says so.
+        """
+        ref = Ref(ISVC_API_VERSION, "inferenceservices", owner.namespace, isvc_name(owner.name))
+        current = self.kube.get(ref)
+        if current is None or not owned_by(current, owner):
+            return None
+        wanted = DEPLOYMENT_MODES[spec.scaling.mode]
+        recorded = recorded_mode(current)
+        going = bool((current.get("metadata") or {}).get("deletionTimestamp"))
+        if not going and (recorded is None or recorded == wanted):
+            return None
+        message = (
+            f"spec.scaling.mode changed: KServe cannot turn an InferenceService from {recorded} "
+            f"into {wanted} in place, so {ref.name} is deleted and created again in {wanted} "
+            "mode once it is gone (the service is down meanwhile)"
+        )
+        if not going:
+            self.kube.delete(ref)
+            log.warning("deployment=%s/%s %s", *_key(owner), message)
+            self.post_event(owner, "RecreatingInferenceService", message, warning=True)
+        return ConditionState(FALSE, "RecreatingInferenceService", message)
+
+    def _hpa_in_the_way(self, owner: Owner) -> ConditionState | None:
+        """Another HPA still targets the predictor's Deployment (KServe's, until it notices the
+        class became external): KEDA's webhook would refuse the ScaledObject, so wait for it."""
+        ref = Ref(HPA_API_VERSION, "horizontalpodautoscalers", owner.namespace)
+        hpas = self.kube.list_items(ref)
+        blocking = blocking_hpas(hpas, owner)
+        if not blocking:
+            return None
+        message = (
+            f"waiting for HorizontalPodAutoscaler {', '.join(blocking)} to go: it still scales "
+            f"Deployment {predictor_deployment_name(owner.name)} and KEDA refuses a second "
+            "autoscaler; KServe removes its own HPA after autoscalerClass became external, then "
+            "the ScaledObject is created"
+        )
+        return ConditionState(UNKNOWN, "WaitingForHPARemoval", message)
+
+    def post_event(self, owner: Owner, reason: str, message: str, warning: bool = False) -> None:
+        """A Kubernetes Event on the UpscalerDeployment; a failure to post is only logged."""
+        now = now_rfc3339()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{owner.name}.{time.time_ns():x}",
+                "namespace": owner.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": MANAGED_BY},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.create(Ref("v1", "events", owner.namespace), body)
+        except KubeError as exc:
+            log.warning("deployment=%s/%s event %s not posted: %s", *_key(owner), reason, exc)
 
     def remove(self, ref: Ref, owner: Owner) -> bool:
         """Delete a child the spec no longer asks for, if it is there and the operator made it."""
@@ -273,22 +445,28 @@ class Reconciler:
 
     def served(self, api_version: str, plural: str) -> bool:
         """Whether API discovery lists the resource, remembered for ``discovery_ttl_s``."""
-        now, key = time.monotonic(), (api_version, plural)
+        resources = self._resources_cached(api_version)
+        return resources is not None and plural in resources
+
+    def _resources_cached(self, api_version: str) -> frozenset[str] | None:
+        """What discovery lists under an API group version (None: not served), cached."""
+        now = time.monotonic()
         with self._discovery_guard:
-            cached = self._discovered.get(key)
+            cached = self._discovered.get(api_version)
         if cached is not None and now - cached[0] < self.config.discovery_ttl_s:
             return cached[1]
         try:
-            resources = self.kube.resources(api_version)
+            found = self.kube.resources(api_version)
         except KubeError as exc:
             log.warning("cannot discover %s, taken as not served: %s", api_version, exc)
-            resources = None
-        served = resources is not None and plural in resources
+            found = None
+        resources = None if found is None else frozenset(found)
         with self._discovery_guard:
-            if cached is None or cached[1] != served:
-                log.info("%s.%s %s", plural, api_version, "served" if served else "not served")
-            self._discovered[key] = (now, served)
-        return served
+            if cached is None or cached[1] != resources:
+                listed = ", ".join(sorted(resources)) if resources is not None else "not served"
+                log.info("%s: %s", api_version, listed)
+            self._discovered[api_version] = (now, resources)
+        return resources
 
     def _write_status(
         self, owner: Owner, previous: Mapping[str, Any] | None, status: dict[str, Any]

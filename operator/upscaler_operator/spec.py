@@ -9,9 +9,11 @@ http(s)://``; the reconcile puts them in the Ready condition instead of retrying
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +30,57 @@ NAME_MESSAGE = (
     f"metadata.name must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters "
     "(it names the InferenceService and its Knative revisions)"
 )
+
+
+#: Knative refuses a scale-to-zero-pod-retention-period above its window maximum (1h)
+MAX_RETENTION_S = 3600
+#: env names KServe's webhook refuses in any predictor container (KServe >= 0.18)
+KSERVE_BLOCKED_ENV = ("PYTHONPATH",)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNIT_S = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$"
+)
+_QUANTITY_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{f"{prefix}i": Decimal(1024) ** (power + 1) for power, prefix in enumerate("KMGTPE")},
+}
+
+
+def duration_exact(duration: str) -> Decimal:
+    """A Knative/Go-style duration (``300s``, ``10m``, ``1h30m``, ``1.5h``) in seconds."""
+    parts = _DURATION_PART.findall(duration)
+    if not parts or "".join(value + unit for value, unit in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return sum((Decimal(value) * _DURATION_UNIT_S[unit] for value, unit in parts), Decimal(0))
+
+
+def duration_seconds(duration: str) -> int:
+    """A duration in whole seconds, rounded up."""
+    return math.ceil(duration_exact(duration))
+
+
+def quantity(value: Any) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``8``, ``96Gi``, ``1e3``) as a number; ValueError if not."""
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise ValueError(f"not a quantity: {value!r}")
+    number, suffix = match.group(1), match.group(2) or ""
+    try:
+        if suffix[:1] in ("e", "E"):
+            return Decimal(number + suffix)
+        return Decimal(number) * _QUANTITY_SUFFIX[suffix]
+    except (InvalidOperation, KeyError) as exc:
+        raise ValueError(f"not a quantity: {value!r}") from exc
 
 
 class InvalidSpec(ValueError):
@@ -186,8 +239,17 @@ class DeploymentSpec:
     predictor: PredictorSpec = field(default_factory=PredictorSpec)
     defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
     request_timeout_seconds: int = 300
+    #: seconds the predictor drains after SIGTERM (--shutdown-grace); None: requestTimeoutSeconds
+    shutdown_grace_seconds: int | None = None
     queue: QueueSpec | None = None
     outputs: OutputsSpec = field(default_factory=OutputsSpec)
+
+    @property
+    def shutdown_grace(self) -> int:
+        """The predictor's --shutdown-grace: spec.shutdownGraceSeconds, else a whole request."""
+        if self.shutdown_grace_seconds is not None:
+            return self.shutdown_grace_seconds
+        return self.request_timeout_seconds
 
     @property
     def gpus(self) -> GpuSpec | None:
@@ -234,6 +296,13 @@ def cross_field_errors(spec: Mapping[str, Any]) -> list[str]:
                 "spec.scaling.scaleToZeroGracePeriod applies to Serverless mode, or to "
                 "RawDeployment with spec.queue (KEDA's cooldown)"
             )
+    grace = scaling.get("scaleToZeroGracePeriod")
+    serverless = scaling.get("mode", "Serverless") == "Serverless"
+    if serverless and grace is not None and duration_exact(grace) > MAX_RETENTION_S:
+        errors.append(
+            "spec.scaling.scaleToZeroGracePeriod must not exceed 1h in Serverless mode "
+            "(Knative's cap on scale-to-zero-pod-retention-period)"
+        )
     outputs = spec.get("outputs")
     if outputs is not None and outputs.get("store") == "redis" and queue is None:
         errors.append("spec.outputs.store redis keeps outputs in the queue's Redis: set spec.queue")
@@ -347,6 +416,43 @@ def env_errors(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) 
     ]
 
 
+def blocked_env_errors(spec: Mapping[str, Any]) -> list[str]:
+    """The CRD's CEL rule on spec.predictor.env: names KServe's webhook refuses."""
+    env = (spec.get("predictor") or {}).get("env", [])
+    if any(item.get("name") in KSERVE_BLOCKED_ENV for item in env):
+        return [BLOCKED_ENV_MESSAGE]
+    return []
+
+
+BLOCKED_ENV_MESSAGE = (
+    "spec.predictor.env: PYTHONPATH is refused by KServe's admission webhook (KServe >= 0.18); "
+    "build the path into the predictor image instead"
+)
+
+
+def resource_errors(spec: Mapping[str, Any]) -> list[str]:
+    """Quantities that are not quantities, and a request above its limit (Kubernetes refuses
+    the pod; KServe fills a missing limit from its own defaults, so the operator fills them)."""
+    errors: list[str] = []
+    resources = (spec.get("predictor") or {}).get("resources") or {}
+    parsed: dict[str, dict[str, Decimal]] = {"requests": {}, "limits": {}}
+    for kind in ("requests", "limits"):
+        for name, value in (resources.get(kind) or {}).items():
+            try:
+                parsed[kind][name] = quantity(value)
+            except ValueError:
+                path = f"spec.predictor.resources.{kind}.{name}"
+                errors.append(f"{path}: {value!r} is not a quantity")
+    for name, request in parsed["requests"].items():
+        limit = parsed["limits"].get(name)
+        if limit is not None and request > limit:
+            errors.append(
+                f"spec.predictor.resources.requests.{name} must not exceed "
+                f"spec.predictor.resources.limits.{name}"
+            )
+    return errors
+
+
 def uri_errors(spec: Mapping[str, Any]) -> list[str]:
     """Storage and catalog URIs the storage initializer or the predictor could not fetch."""
     errors: list[str] = []
@@ -373,7 +479,8 @@ def parse_spec(raw: Any, *, name: str, default_redis: RedisSpec | None = None) -
     normalized, schema_errors = openapi.normalize(raw, spec_schema(), "spec")
     errors += schema_errors
     if not schema_errors:  # the later rules assume the schema's types
-        errors += cross_field_errors(normalized) + uri_errors(normalized)
+        errors += cross_field_errors(normalized) + blocked_env_errors(normalized)
+        errors += uri_errors(normalized) + resource_errors(normalized)
         queue = normalized.get("queue")
         if queue is not None and "redis" not in queue and default_redis is None:
             errors.append(
@@ -483,6 +590,7 @@ def _typed(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> D
             output_format=defaults.get("outputFormat"),
         ),
         request_timeout_seconds=spec["requestTimeoutSeconds"],
+        shutdown_grace_seconds=spec.get("shutdownGraceSeconds"),
         queue=queue,
         outputs=_outputs(spec.get("outputs"), queue),
     )

@@ -43,8 +43,11 @@ class Outcome:
 
     invalid: list[str] | None = None  # spec errors, each naming its field
     failure: str | None = None  # an API error while applying children
+    #: the cluster keeps the operator from applying (KServe too old, a mode change under way)
+    blocked: ConditionState | None = None
     applied: tuple[str, ...] = ()  # kinds of the children now up to date
     autoscaling: ConditionState | None = None  # None: the Autoscaling condition stays as it was
+    notes: tuple[str, ...] = ()  # what the cluster must allow for these children
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,13 @@ def conditions(outcome: Outcome, isvc: IsvcState) -> list[dict[str, str]]:
         reconciled = _condition("Reconciled", FALSE, "InvalidSpec", "; ".join(outcome.invalid))
     elif outcome.failure is not None:
         reconciled = _condition("Reconciled", FALSE, "ReconcileFailed", outcome.failure)
+    elif outcome.blocked is not None:
+        blocked = outcome.blocked
+        reconciled = _condition("Reconciled", FALSE, blocked.reason, blocked.message)
     else:
         applied = ", ".join(outcome.applied) or "children"
-        reconciled = _condition("Reconciled", TRUE, "ChildrenApplied", f"{applied} up to date")
+        message = "; ".join([f"{applied} up to date", *outcome.notes])
+        reconciled = _condition("Reconciled", TRUE, "ChildrenApplied", message)
     isvc_ready = _condition("InferenceServiceReady", isvc.status, isvc.reason, isvc.message)
     if reconciled["status"] != TRUE:
         ready = _condition("Ready", FALSE, reconciled["reason"], reconciled["message"])

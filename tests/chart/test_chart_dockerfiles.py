@@ -125,5 +125,5 @@ def test_chart_operator_image_matches_the_chart() -> None:
     assert final["USER"] == f"{uid}:{values['podSecurityContext']['runAsGroup']}"
     assert set(final["EXPOSE"].split()) == {
         str(values["metrics"]["port"]),
-        str(values["healthPort"]),
+        str(values["config"]["healthPort"]),
     }

@@ -30,7 +30,7 @@ EXAMPLES = {
 VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "defaults": ({}, {}),
     "namespaced": (
-        {"rbac": {"namespaced": True}, "watchNamespaces": ["team-a", "team-b"]},
+        {"rbac": {"namespaced": True}, "config": {"watchNamespaces": ["team-a", "team-b"]}},
         {"namespace": "team-a"},
     ),
     "monitoring": (
@@ -46,9 +46,11 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "other-namespace-and-tag": (
         {
             "image": {"repository": "registry.example/ml/operator", "tag": "1.2.3"},
-            "predictor": {"image": {"repository": "registry.example/ml/predictor", "tag": "9.9"}},
+            "config": {
+                "predictorImage": {"repository": "registry.example/ml/predictor", "tag": "9.9"},
+                "logLevel": "DEBUG",
+            },
             "imagePullSecrets": [{"name": "registry"}],
-            "logLevel": "DEBUG",
         },
         {"namespace": "ml-serving", "release": "upscale"},
     ),
@@ -333,7 +335,7 @@ def test_chart_namespaced_rbac_defaults_to_the_release_namespace() -> None:
     assert [role["metadata"]["namespace"] for role in by_kind(docs, "Role")] == ["solo"]
     assert operator_env(docs)["WATCH_NAMESPACE"] == "solo"
     # watchNamespaces alone narrows a cluster-wide operator
-    docs = render({"watchNamespaces": ["a", "b"]})
+    docs = render({"config": {"watchNamespaces": ["a", "b"]}})
     assert operator_env(docs)["WATCH_NAMESPACE"] == "a,b"
     assert by_kind(docs, "ClusterRole") and not by_kind(docs, "Role")
 

@@ -40,7 +40,7 @@ def test_chart_versions_match_the_project_and_the_operator() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    image = values["predictor"]["image"]
+    image = values["config"]["predictorImage"]
     # the chart's default predictor image is the operator's own default
     assert f"{image['repository']}:{image['tag'] or chart['appVersion']}" == DEFAULT_PREDICTOR_IMAGE
 

@@ -94,8 +94,8 @@ def test_chart_schema_accepts_the_defaults_and_knows_every_value() -> None:
         ({"metrics": {"port": "8000"}}, "/metrics/port"),
         ({"rbac": {"namespaced": "yes"}}, "/rbac/namespaced"),
         ({"image": {"tag": 1.2}}, "/image/tag"),
-        ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
-        ({"logLevel": "TRACE"}, "/logLevel"),
+        ({"config": {"watchNamespaces": "team-a"}}, "/config/watchNamespaces"),
+        ({"config": {"logLevel": "TRACE"}}, "/config/logLevel"),
         ({"resources": {"requests": {"cpu": "lots"}}}, "/resources/requests/cpu"),
         ({"resources": {"requests": None}}, "/resources"),  # requests are required
         ({"redis": {"enabled": "true"}}, "/redis/enabled"),

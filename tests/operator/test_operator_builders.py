@@ -243,7 +243,12 @@ def test_operator_chronoedit_predictor_runs_the_predictor_with_gpu_scheduling() 
     assert container["name"] == "kserve-container"
     assert container["image"] == "registry.example.com/predictor:1"
     assert container["command"] == ["chrono-upscaler"]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    # explicit CPU and memory on both sides: KServe would fill a missing one with its own small
+    # defaults (cpu 1, 2Gi)
+    assert container["resources"] == {
+        "requests": {"cpu": "4", "memory": "64Gi"},
+        "limits": {"cpu": "8", "memory": "96Gi", "nvidia.com/gpu": "2"},
+    }
     assert predictor["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert predictor["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -285,12 +290,14 @@ def test_operator_predictor_args_are_the_contract_with_the_predictor() -> None:
         "--lora-catalog", CATALOG_PATH,
         "--default-num-inference-steps", "8",
         "--default-output-format", "webp",
+        "--shutdown-grace", "300",
         "--request-timeout", "300",
     ]  # fmt: skip
     sr = parse_spec({"engine": "sr", "model": {"srModel": "realesrgan"}}, name="fast")
     assert predictor_args("fast", sr) == [
         "serve", "--host", "0.0.0.0", "--port", "8080", "--model-name", "fast",
-        "--engine", "sr", "--sr-model", "realesrgan", "--request-timeout", "300",
+        "--engine", "sr", "--sr-model", "realesrgan",
+        "--shutdown-grace", "300", "--request-timeout", "300",
     ]  # fmt: skip
 
 
@@ -304,7 +311,9 @@ def test_operator_predictor_args_are_the_contract_with_the_predictor() -> None:
             "/mnt/models/upscaler-lora/up.safetensors",
         ),
         ("distill", "gs://bucket/loras/", "/mnt/models/distill-lora"),
-        ("distill", "pvc://weights/loras/distill", "/mnt/models/distill-lora"),
+        # KServe mounts a pvc:// entry of storageUris as the whole claim: the sub-path follows
+        ("distill", "pvc://weights/loras/distill", "/mnt/models/distill-lora/loras/distill"),
+        ("distill", "pvc://weights", "/mnt/models/distill-lora"),
         ("distill", "lora/d.safetensors", "/mnt/models/model/lora/d.safetensors"),
     ],
 )
@@ -339,7 +348,8 @@ def test_operator_raw_deployment_uses_hpa_on_cpu_and_a_drain_grace_period() -> N
     assert container["imagePullPolicy"] == "Always"
     assert container["resources"] == {
         "requests": {"cpu": "8", "memory": "96Gi"},
-        "limits": {"memory": "120Gi", "nvidia.com/gpu": "2"},
+        # the CPU limit filled (at least the request): KServe's default of 1 would undercut it
+        "limits": {"memory": "120Gi", "cpu": "8", "nvidia.com/gpu": "2"},
     }
     assert predictor["nodeSelector"] == {
         "pool": "gpu",
@@ -353,7 +363,10 @@ def test_operator_raw_deployment_uses_hpa_on_cpu_and_a_drain_grace_period() -> N
 def test_operator_sr_runs_on_cpu_without_gpu_or_storage() -> None:
     predictor = build(SR)["spec"]["predictor"]
     (container,) = predictor["containers"]
-    assert "resources" not in container
+    assert container["resources"] == {  # the sr defaults, explicit (no GPU)
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    }
     assert "nodeSelector" not in predictor and "tolerations" not in predictor
     assert "storageUris" not in predictor
     startup = container["startupProbe"]

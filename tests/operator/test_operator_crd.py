@@ -268,6 +268,17 @@ CEL_REJECTS = [
         {"spec.model.srModel": "waifu2x"},
         "spec.model.srModel applies to the sr engine only",
     ),
+    (
+        "chronoedit",
+        {"spec.scaling.scaleToZeroGracePeriod": "1h0m1s"},
+        "spec.scaling.scaleToZeroGracePeriod must not exceed 1h in Serverless mode (Knative's "
+        "cap on scale-to-zero-pod-retention-period)",
+    ),
+    (
+        "chronoedit",
+        {"spec.predictor.env": [{"name": "PYTHONPATH", "value": "/x"}]},
+        spec_module.BLOCKED_ENV_MESSAGE,
+    ),
     ("chronoedit", {"metadata.name": "Chrono_Edit"}, spec_module.NAME_MESSAGE),
     ("chronoedit", {"metadata.name": "x" * 46}, spec_module.NAME_MESSAGE),
 ]

@@ -49,9 +49,10 @@ def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> 
             key = item["valueFrom"]["secretKeyRef"]["key"]
             monkeypatch.setenv(item["name"], SECRET_VALUES.get(key, "stand-in"))
     args = list(container["args"])
-    if "--lora-catalog" in args and not _predictor_knows("--lora-catalog"):
-        index = args.index("--lora-catalog")  # checked apart below; the rest must parse
-        del args[index : index + 2]
+    for flag in ("--lora-catalog", "--shutdown-grace"):
+        if flag in args and not _predictor_knows(flag):
+            index = args.index(flag)  # checked apart below; the rest must parse
+            del args[index : index + 2]
     return cli.settings_from_args(cli.build_parser().parse_args(args))
 
 
@@ -105,3 +106,14 @@ def test_operator_predictor_knows_the_lora_catalog_flag(
     assert "--lora-catalog" in container_of(owner, raw)["args"]
     if not _predictor_knows("--lora-catalog"):
         pytest.xfail("the predictor has no --lora-catalog yet: a spec with loras cannot start")
+
+
+@pytest.mark.parametrize(("case", "owner", "raw"), CASES, ids=[c[0] for c in CASES])
+def test_operator_predictor_knows_the_shutdown_grace_flag(
+    case: str, owner: Owner, raw: dict[str, Any]
+) -> None:
+    args = container_of(owner, raw)["args"]
+    spec = parse_spec(raw, name=owner.name)
+    assert args[args.index("--shutdown-grace") + 1] == str(spec.shutdown_grace)
+    if not _predictor_knows("--shutdown-grace"):
+        pytest.xfail("the predictor has no --shutdown-grace yet: the pods it runs in cannot start")

@@ -85,11 +85,21 @@ class FakeKube:
         if self.objects.pop(ref.path, None) is not None:
             self.writes.append(("DELETE", ref.path))
 
+    def list_items(self, ref: Ref) -> list[dict[str, Any]]:
+        self._fail("GET", ref.collection_path)
+        prefix = ref.collection_path + "/"
+        found = [body for path, body in self.objects.items() if path.startswith(prefix)]
+        return copy.deepcopy(found)
+
     def resources(self, api_version: str) -> set[str] | None:
         self.discoveries.append(api_version)
         if api_version == "keda.sh/v1alpha1":
             return {"scaledobjects", "triggerauthentications"} if self.keda else None
-        return {"podmonitors", "servicemonitors"} if self.podmonitors else None
+        if api_version == "monitoring.coreos.com/v1":
+            return {"podmonitors", "servicemonitors"} if self.podmonitors else None
+        if api_version == "serving.kserve.io/v1alpha1":  # KServe 0.20
+            return {"servingruntimes", "localmodelnamespacecaches"}
+        return None
 
 
 def deployment(**spec: Any) -> dict[str, Any]:
@@ -199,7 +209,11 @@ def test_operator_pod_monitor_follows_discovery_with_a_cache() -> None:
     monitor = "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors/up-predictor"
     assert monitor in kube.objects
     run(operator, kube, deployment())
-    assert sorted(kube.discoveries) == ["keda.sh/v1alpha1", "monitoring.coreos.com/v1"]
+    assert sorted(kube.discoveries) == [
+        "keda.sh/v1alpha1",
+        "monitoring.coreos.com/v1",
+        "serving.kserve.io/v1alpha1",  # is KServe >= 0.18 (storageUris)?
+    ]
 
 
 def test_operator_patch_operations_keep_foreign_metadata_and_drop_stale_managed_keys() -> None:

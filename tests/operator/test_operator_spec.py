@@ -280,3 +280,51 @@ def test_operator_spec_s3_outputs() -> None:
     assert s3 is not None and s3.url == "s3://outs/a/b"
     assert s3.credentials is not None and s3.credentials.access_key_id_key == "AWS_ACCESS_KEY_ID"
     assert spec.queue is None  # S3 outputs need no shared queue
+
+
+def test_operator_spec_refuses_a_request_above_its_limit_and_non_quantities() -> None:
+    raw = {
+        "engine": "sr",
+        "predictor": {
+            "resources": {
+                "requests": {"cpu": "1500m", "memory": "3Gi"},
+                "limits": {"cpu": "1", "memory": "3072Mi"},
+            }
+        },
+    }
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec(raw, name="up")
+    assert caught.value.errors == [
+        "spec.predictor.resources.requests.cpu must not exceed spec.predictor.resources.limits.cpu"
+    ]  # 3Gi == 3072Mi is fine
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("8", "8"), ("500m", "0.5"), ("96Gi", str(96 * 2**30)), ("2G", "2000000000"), ("1e3", "1E+3")],
+)
+def test_operator_spec_reads_kubernetes_quantities(text: str, value: str) -> None:
+    from decimal import Decimal
+
+    from upscaler_operator.spec import quantity
+
+    assert quantity(text) == Decimal(value)
+
+
+def test_operator_spec_shutdown_grace_defaults_to_a_whole_request() -> None:
+    spec = parse_spec({"engine": "sr", "requestTimeoutSeconds": 120}, name="up")
+    assert spec.shutdown_grace == 120
+    spec = parse_spec({"engine": "sr", "shutdownGraceSeconds": 25}, name="up")
+    assert spec.shutdown_grace == 25
+
+
+def test_operator_spec_retention_cap_is_serverless_only() -> None:
+    queued = {
+        "engine": "sr",
+        "scaling": {"mode": "RawDeployment", "scaleToZeroGracePeriod": "2h"},
+        "queue": {"redis": {"url": "redis://r:6379/0"}},
+    }
+    assert parse_spec(queued, name="up").scaling.scale_to_zero_grace_period == "2h"  # KEDA's
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec({"engine": "sr", "scaling": {"scaleToZeroGracePeriod": "61m"}}, name="up")
+    assert caught.value.errors[0].startswith("spec.scaling.scaleToZeroGracePeriod must not exceed")

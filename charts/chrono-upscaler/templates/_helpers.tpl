@@ -62,13 +62,13 @@ app.kubernetes.io/component: redis
 {{- end }}
 
 {{- define "chrono-upscaler.predictorImage" -}}
-{{- printf "%s:%s" .Values.predictor.image.repository (.Values.predictor.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" .Values.config.predictorImage.repository (.Values.config.predictorImage.tag | default .Chart.AppVersion) }}
 {{- end }}
 
 {{/* The namespaces the operator serves, comma-separated; empty means the whole cluster. */}}
 {{- define "chrono-upscaler.watchNamespaces" -}}
-{{- if .Values.watchNamespaces }}
-{{- join "," (uniq .Values.watchNamespaces) }}
+{{- if .Values.config.watchNamespaces }}
+{{- join "," (uniq .Values.config.watchNamespaces) }}
 {{- else if .Values.rbac.namespaced }}
 {{- .Release.Namespace }}
 {{- end }}
