@@ -68,7 +68,7 @@ CONTAINER_NAME = "kserve-container"
 KNATIVE, HPA, KEDA, HPA_WITHOUT_KEDA = "knative", "hpa", "keda", "hpa-without-keda"
 #: KServe creates no HPA of its own for this class and leaves the Deployment's replicas alone
 EXTERNAL_AUTOSCALER_CLASS = "external"
-#: the Redis keys of the shared queue (predictor/redis_queue.py): waiting ids, running leases
+#: the Redis keys of the shared queue (predictor/queue/redis.py): waiting ids, running leases
 WAITING_SUFFIX, RUNNING_SUFFIX = ":waiting", ":running"
 
 #: startup budget: ChronoEdit-14B loads for many minutes from a cold disk; sr in seconds
