@@ -39,6 +39,35 @@ def test_upscale_command_errors(tmp_path, capsys) -> None:
     assert main(["upscale", str(image), "-o", str(tmp_path / "o.png"), "--factor", "9"]) == 2
 
 
+def test_upscale_refuses_what_the_engine_cannot_honour(tmp_path, capsys) -> None:
+    """The same check as the server's: ``--lora`` on ``sr`` is an error, not silently ignored."""
+    source, target = tmp_path / "in.png", tmp_path / "out.png"
+    source.write_bytes(encode(photo_crop(16, 16)))
+    assert main(["upscale", str(source), "-o", str(target), "--lora", "x.safetensors"]) == 2
+    assert "'sr' engine does not support extra LoRAs" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_upscale_progress_bar_opens_once_the_total_is_known(tmp_path, capsys) -> None:
+    source = tmp_path / "in.png"
+    source.write_bytes(encode(photo_crop(16, 16)))
+    assert main(["upscale", str(source), "-o", str(tmp_path / "out.png")]) == 0
+    err = capsys.readouterr().err
+    assert "1/1" in err
+    assert ": 0tile [" not in err  # a bar opened without its total prints this stray line
+
+
+def test_bad_engine_option_names_its_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "predictor", "upscale", "x.png", "-o", "y.png", "--tile-size", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--tile-size: tile_size must be at least 1, got 0" in result.stderr
+
+
 def test_module_entry_point_matches_console_script() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "predictor", "--help"], cwd=ROOT, capture_output=True, text=True
