@@ -46,13 +46,15 @@ def metric(srv, name: str, **labels: str) -> float:
     return 0.0
 
 
-def send_and_hang_up(srv, payload: dict, after_admitted: int, linger_s: float) -> None:
+def send_and_hang_up(
+    srv, payload: dict, after_admitted: int, linger_s: float, path: str = FAL
+) -> None:
     """POST ``payload`` on a raw socket, wait until the job runs, then close the connection."""
     parts = urlsplit(srv.url)
     body = json.dumps(payload).encode()
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.sendall(
-            f"POST {FAL} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -96,6 +98,14 @@ def test_a_client_that_hangs_up_frees_the_worker(tiled_server) -> None:
     saved = metric(srv, "upscaler_saved_engine_seconds_total", **labels)
     assert 0 < wasted < full_s / 2, (wasted, full_s)
     assert saved > 0
+
+    # KServe v1 alike: the hung-up request's job stops and the next request runs at once
+    send_and_hang_up(srv, {"instances": [long_request()]}, 4, linger_s=0.5, path=V1)
+    started = time.monotonic()
+    assert srv.post(tiny_request(), timeout=300).status_code == 200
+    assert time.monotonic() - started < full_s / 2
+    hung_up = srv.request_lines()[-2]
+    assert (hung_up["route"], hung_up["outcome"]) == (V1, "client_disconnected"), hung_up
 
 
 def test_a_v1_request_has_one_deadline_for_all_its_instances(tmp_path) -> None:
