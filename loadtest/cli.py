@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="ask for data: URIs back (fal's sync_mode) instead of URLs to download",
         )
         sub.add_argument("--pool", type=_positive(int), default=32, help="pre-encoded requests")
+        sub.add_argument(
+            "--give-up-after",
+            type=_positive(float),
+            default=None,
+            help="seconds after which the impatient profile's impatient clients hang up "
+            "(default: the profile's own)",
+        )
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--sample-interval", type=_positive(float), default=1.0)
     run.add_argument("--users", type=_positive(int), required=True)
@@ -177,6 +184,7 @@ def settings_from_args(args: argparse.Namespace):
         shed_backoff_s=args.shed_backoff,
         sync_mode=args.sync_mode,
         pool_size=args.pool,
+        give_up_s=args.give_up_after,
         seed=args.seed,
         sample_interval_s=args.sample_interval,
         **extra,

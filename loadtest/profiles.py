@@ -41,6 +41,8 @@ class Shape:
     weight: float
     long_sides: tuple[int, ...]
     factors: tuple[float, ...]
+    #: impatient clients: seconds after which they give up (hang up) on a request of this shape
+    give_up_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,15 @@ PROFILES: dict[str, Profile] = {
             ),
         ),
         Profile(
+            "impatient",
+            "50% 128–256 px ×2 from clients that wait; 50% 512–768 px ×2 from clients that "
+            "hang up after 1.5 s (sync mode; --give-up-after changes it)",
+            (
+                Shape(0.5, SMALL_SIDES, (2,)),
+                Shape(0.5, (512, 640, 768), (2,), give_up_s=1.5),
+            ),
+        ),
+        Profile(
             "large",
             "prints: 512–1024 px photos ×2–4",
             (Shape(1.0, (512, 640, 768, 896, 1024), (2, 3, 4)),),
@@ -86,6 +97,8 @@ class Spec:
     long_side: int
     factor: float
     seed: int
+    #: the client hangs up after this many seconds (None: it waits for the answer)
+    give_up_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,11 @@ class Payload:
         return round(self.width * self.spec.factor), round(self.height * self.spec.factor)
 
 
-def plan_pool(profile: Profile, count: int, seed: int = 0) -> list[Spec]:
-    """``count`` specs drawn from ``profile``'s shapes by weight; the same seed, the same pool."""
+def plan_pool(
+    profile: Profile, count: int, seed: int = 0, give_up_s: float | None = None
+) -> list[Spec]:
+    """``count`` specs drawn from ``profile``'s shapes by weight; the same seed, the same pool.
+    ``give_up_s`` replaces the impatient shapes' own deadline."""
     if count < 1:
         raise ValueError("the pool needs at least one request")
     rng = random.Random(seed)
@@ -118,6 +134,7 @@ def plan_pool(profile: Profile, count: int, seed: int = 0) -> list[Spec]:
                 long_side=rng.choice(shape.long_sides),
                 factor=rng.choice(shape.factors),
                 seed=rng.randrange(2**32),
+                give_up_s=give_up_s if give_up_s and shape.give_up_s else shape.give_up_s,
             )
         )
     return specs
@@ -164,7 +181,11 @@ def encode_payload(spec: Spec, sync_mode: bool) -> Payload:
 
 
 def build_pool(
-    profile: Profile, count: int, seed: int = 0, sync_mode: bool = False
+    profile: Profile,
+    count: int,
+    seed: int = 0,
+    sync_mode: bool = False,
+    give_up_s: float | None = None,
 ) -> list[Payload]:
     """The run's requests, encoded up front."""
-    return [encode_payload(spec, sync_mode) for spec in plan_pool(profile, count, seed)]
+    return [encode_payload(spec, sync_mode) for spec in plan_pool(profile, count, seed, give_up_s)]

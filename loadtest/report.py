@@ -9,7 +9,12 @@ from pathlib import Path
 
 from loadtest.stats import RequestRecord
 
-CLASSES = (("accepted", "tab:green"), ("shed", "tab:orange"), ("failed", "tab:red"))
+CLASSES = (
+    ("accepted", "tab:green"),
+    ("shed", "tab:orange"),
+    ("gave_up", "tab:purple"),
+    ("failed", "tab:red"),
+)
 
 
 def seconds(value: float | None) -> str:
@@ -58,7 +63,8 @@ def render_markdown(results: dict) -> str:
         "## Requests",
         "",
         f"{requests['total']} image requests: {requests['accepted']} accepted, "
-        f"{requests['shed']} shed (429/503), {requests['failed']} failed; "
+        f"{requests['shed']} shed (429/503), {requests.get('gave_up', 0)} given up by "
+        f"impatient clients, {requests['failed']} failed; "
         f"{results['abandoned']} still unanswered when the run ended.",
         "",
         "| status | count |",
@@ -93,6 +99,9 @@ def render_markdown(results: dict) -> str:
         f"| {rates['images_per_s']:.2f} | {rates['output_megapixels_per_s']:.2f} "
         f"| {rates['http_requests_per_s']:.2f} |",
     ]
+    impatient = results.get("impatient")
+    if impatient:
+        lines += ["", *_impatient_lines(impatient)]
     queue = results.get("queue")
     if queue:
         lines += [
@@ -124,6 +133,28 @@ def render_markdown(results: dict) -> str:
             f"**{'PASSED' if verdict['passed'] else 'FAILED'}**",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _impatient_lines(figures: dict) -> list[str]:
+    per = figures["engine_seconds_per_given_up"]
+    wasted = figures["engine_seconds_after_give_up"]
+    return [
+        "## Impatient clients: work nobody received",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| requests the clients gave up on | {figures['given_up']} |",
+        f"| server: engine seconds spent on them after the clients left "
+        f"(`upscaler_abandoned_engine_seconds_total`) "
+        f"| {'not exported by the server' if wasted is None else f'{wasted:.2f} s'} |",
+        f"| … per given-up request (target: one step or tile) | {seconds(per)} |",
+        f"| server: engine seconds saved by stopping them | "
+        f"{_number(figures['saved_engine_seconds'], ' s')} |",
+        f"| requests received by the clients that waited | {figures['received']} "
+        f"({figures['received_per_s']:.2f}/s) |",
+        f"| their latency p50 / p95 | {seconds(figures['received_latency']['p50_s'])} / "
+        f"{seconds(figures['received_latency']['p95_s'])} |",
+    ]
 
 
 def _cost_lines(cost: dict) -> list[str]:

@@ -60,6 +60,8 @@ class RunSettings:
     shed_backoff_s: float = 0.2
     sync_mode: bool = False
     pool_size: int = 32
+    #: replaces the impatient profile's give-up deadline (seconds)
+    give_up_s: float | None = None
     seed: int = 0
     sample_interval_s: float = 1.0
     # overload only
@@ -166,6 +168,7 @@ def build_results(
             "shed_backoff_s": settings.shed_backoff_s,
             "sync_mode": settings.sync_mode,
             "pool_size": settings.pool_size,
+            "give_up_s": settings.give_up_s,
             "seed": settings.seed,
             "key_sent": bool(settings.key),
         },
@@ -197,6 +200,8 @@ def build_results(
             "samples": len(samples),
         },
     }
+    if any(shape.give_up_s for shape in profile.shapes):
+        results["impatient"] = impatient_figures(results, before, after)
     if settings.command == "overload":
         checks = overload.check_overload(results, settings.limits)
         results["overload"] = {
@@ -206,6 +211,27 @@ def build_results(
             **overload.verdict(checks),
         }
     return results
+
+
+def impatient_figures(
+    results: dict, before: scrape.Samples | None, after: scrape.Samples | None
+) -> dict:
+    """What the requests nobody received cost the engine, next to what the patient clients got."""
+    requests = results["requests"]
+    gave_up = requests["gave_up"]
+    work = scrape.abandoned_work(before, after) if before and after else {}
+    wasted = work.get("engine_seconds")
+    return {
+        "given_up": gave_up,
+        "received": requests["accepted"],
+        "received_per_s": results["throughput"]["accepted_per_s"],
+        "received_latency": requests["latency_accepted"],
+        # engine seconds spent on given-up jobs after their clients left (server's counter)
+        "engine_seconds_after_give_up": wasted,
+        "engine_seconds_per_given_up": wasted / gave_up if wasted is not None and gave_up else None,
+        "saved_engine_seconds": work.get("saved_engine_seconds"),
+        "server_client_disconnected": work.get("client_disconnected"),
+    }
 
 
 def _try_scrape(base: str, context: ssl.SSLContext | None) -> scrape.Samples | None:
@@ -300,7 +326,11 @@ def execute(settings: RunSettings) -> int:
         file=sys.stderr,
     )
     pool = build_pool(
-        PROFILES[settings.profile], settings.pool_size, settings.seed, settings.sync_mode
+        PROFILES[settings.profile],
+        settings.pool_size,
+        settings.seed,
+        settings.sync_mode,
+        settings.give_up_s,
     )
     before = _try_scrape(settings.base_url, context)
     started_at = datetime.now(UTC)

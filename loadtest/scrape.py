@@ -22,6 +22,8 @@ COST = "upscaler_cost_usd_total"
 LIST_PRICE = "upscaler_list_price_usd_total"
 REQUESTS = "upscaler_requests_total"
 DEVICE_SECONDS = "upscaler_gpu_seconds_total"
+ABANDONED_SECONDS = "upscaler_abandoned_engine_seconds_total"
+SAVED_SECONDS = "upscaler_saved_engine_seconds_total"
 RSS = "process_resident_memory_bytes"
 QUEUE_DEPTH = "upscaler_queue_depth"
 INFLIGHT = "upscaler_inflight_requests"
@@ -76,6 +78,16 @@ def cost_delta(before: Samples, after: Samples) -> dict[str, float | None] | Non
         "list_price_per_image_usd": per_image(list_price),
         "device_seconds_per_image": per_image(device_s),
         "cost_to_list_price": cost / list_price if list_price > 0 else None,
+    }
+
+
+def abandoned_work(before: Samples, after: Samples) -> dict[str, float | None]:
+    """Engine seconds the server spent on jobs after their request was given up, and those it
+    saved by stopping them (None: a server that does not count them)."""
+    return {
+        "engine_seconds": delta(before, after, ABANDONED_SECONDS),
+        "saved_engine_seconds": delta(before, after, SAVED_SECONDS),
+        "client_disconnected": delta(before, after, REQUESTS, outcome="client_disconnected"),
     }
 
 

@@ -10,7 +10,8 @@ Two kinds of record:
   (``"200"``, ``"429"``, …) or a client-side failure (``"timeout"``, ``"connection_error"``, …).
 
 Statuses are classed as *accepted* (2xx), *shed* (429 and 503: the server refused to take the
-work on) or *failed* (everything else, client-side failures included).
+work on), *gave_up* (an impatient client hung up at its deadline) or *failed* (everything else,
+client-side failures included).
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ CONNECTION_ERROR = "connection_error"
 BAD_RESPONSE = "bad_response"
 FOREIGN_URL = "foreign_url"
 CLIENT_EXCEPTION = "client_exception"
+#: an impatient client hung up at its own deadline (the ``impatient`` profile)
+GAVE_UP = "gave_up"
 
 
 def status_class(status: str) -> str:
-    """``accepted``, ``shed`` or ``failed``."""
+    """``accepted``, ``shed``, ``gave_up`` (the client hung up on purpose) or ``failed``."""
     if status.isdigit() and 200 <= int(status) < 300:
         return "accepted"
     if status in SHED_STATUSES:
         return "shed"
+    if status == GAVE_UP:
+        return "gave_up"
     return "failed"
 
 
@@ -138,7 +143,12 @@ def count_statuses(statuses: Iterable[str]) -> dict[str, int]:
 
 
 def summarize_requests(records: Sequence[RequestRecord]) -> dict:
-    by_class: dict[str, list[RequestRecord]] = {"accepted": [], "shed": [], "failed": []}
+    by_class: dict[str, list[RequestRecord]] = {
+        "accepted": [],
+        "shed": [],
+        "gave_up": [],
+        "failed": [],
+    }
     for record in records:
         by_class[record.outcome].append(record)
     return {

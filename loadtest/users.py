@@ -1,6 +1,7 @@
 """The locust user: one image request per task, over fal's sync route or its queue.
 
-* ``sync``: ``POST /fal-ai/chrono-edit-lora-gallery/upscaler``, then the output's download.
+* ``sync``: ``POST /fal-ai/chrono-edit-lora-gallery/upscaler``, then the output's download; an
+  impatient client (the ``impatient`` profile) hangs up after its deadline instead.
 * ``queue``: what fal's clients do — ``POST /queue/fal-ai/chrono-edit-lora-gallery/upscaler``,
   poll ``status_url?logs=1`` until ``COMPLETED`` (at once, then every 0.1 s, as fal_client),
   ``GET response_url``, then the download.
@@ -15,7 +16,9 @@ locust is imported only inside :func:`make_user_class`, so this module imports w
 
 from __future__ import annotations
 
+import http.client
 import itertools
+import json
 import logging
 import random
 import time
@@ -30,6 +33,7 @@ from loadtest.stats import (
     CLIENT_EXCEPTION,
     CONNECTION_ERROR,
     FOREIGN_URL,
+    GAVE_UP,
     TIMEOUT,
     HttpRecord,
     Recorder,
@@ -139,6 +143,16 @@ def delivered(body: dict) -> list[tuple[str, int, int]]:
         ]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a fal response: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A response read with http.client, shaped as ``_deliver`` reads locust's."""
+
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
 
 
 def make_user_class(settings: UserSettings, pool: Sequence[Payload], recorder: Recorder) -> type:
@@ -251,10 +265,41 @@ def make_user_class(settings: UserSettings, pool: Sequence[Payload], recorder: R
             )
 
         def _sync(self, payload: Payload, started: float) -> RequestRecord:
+            if payload.spec.give_up_s is not None:
+                return self._impatient(payload, started, payload.spec.give_up_s)
             response, status = self._call("POST", base + SYNC_PATH, ROUTE_SYNC, payload.body)
             if status_class(status) != "accepted":
                 return self._record(started, status)
             return self._deliver(response, started, status)
+
+        def _impatient(self, payload: Payload, started: float, give_up_s: float) -> RequestRecord:
+            """The sync call from a client that hangs up (closes its connection) after
+            ``give_up_s``; an answer in time is delivered as usual."""
+            parts = urlsplit(base)
+            if parts.scheme == "https":
+                connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    parts.hostname, _port(parts), timeout=give_up_s, context=ssl_context()
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    parts.hostname, _port(parts), timeout=give_up_s
+                )
+            call_started = time.perf_counter()
+            try:
+                connection.request("POST", parts.path + SYNC_PATH, payload.body, api_headers)
+                answer = connection.getresponse()
+                status, body = str(answer.status), answer.read()
+            except TimeoutError:
+                status, body = GAVE_UP, b""
+            except OSError as exc:
+                status, body = error_status(exc), b""
+            finally:
+                connection.close()  # hanging up is what the server notices
+            latency = time.perf_counter() - call_started
+            recorder.add_http(HttpRecord(ROUTE_SYNC, status, call_started - recorder.t0, latency))
+            if status_class(status) != "accepted":
+                return self._record(started, status)
+            return self._deliver(_Answer(body), started, status)
 
         def _queue(self, payload: Payload, started: float) -> RequestRecord:
             response, status = self._call("POST", base + SUBMIT_PATH, ROUTE_SUBMIT, payload.body)

@@ -38,6 +38,8 @@ class Settings:
     max_waiting: int = 16
     #: whole-request deadline (waiting + fetch + engine + encode), seconds
     request_timeout_s: float = 300.0
+    #: on SIGTERM, running work gets this long to finish before it is stopped (seconds)
+    shutdown_grace_s: float = 25.0
     #: outputs served under /files/ when sync_mode is false
     output_ttl_s: float = 3600.0
     output_store_bytes: int = 1024 * MiB
@@ -58,7 +60,8 @@ class Settings:
     queue_lease_s: float = 30.0
     #: runs of one request (a replica dying mid-request costs one) before it fails
     queue_max_attempts: int = 3
-    #: outputs: "memory", "redis" (needs redis_url) or "s3://bucket/prefix"
+    #: outputs: "memory", "redis" (needs redis_url) or "s3://bucket/prefix"; the flag's default
+    #: is "redis" when redis_url is set, so that every replica serves every output
     output_store: str = "memory"
     s3_endpoint_url: str | None = None
     s3_public_url: str | None = None
@@ -75,6 +78,25 @@ class Settings:
     @property
     def engine(self) -> str:
         return self.engine_options.engine
+
+    @property
+    def queue_kind(self) -> str:
+        """Where queued requests live: ``redis`` (shared) or ``in_process``."""
+        return "redis" if self.redis_url else "in_process"
+
+    @property
+    def output_store_kind(self) -> str:
+        """Where ``sync_mode: false`` outputs live: ``memory``, ``redis`` or ``s3``."""
+        return "s3" if self.output_store.startswith("s3://") else self.output_store
+
+    def single_replica_parts(self) -> list[str]:
+        """What keeps this configuration from serving more than one replica (empty: nothing)."""
+        parts = []
+        if not self.redis_url:
+            parts.append("the queue is in process (no --redis-url)")
+        if self.output_store == "memory":
+            parts.append("outputs are kept in memory (--output-store memory)")
+        return parts
 
     @property
     def max_body_bytes(self) -> int:

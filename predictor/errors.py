@@ -168,6 +168,23 @@ def timed_out(seconds: float) -> RequestFailed:
     )
 
 
+#: the error type of work refused or stopped because the server is shutting down (503, retryable)
+SHUTTING_DOWN = "server_shutting_down"
+#: the error type a request ends in when its client hung up (recorded as 499; nobody reads it)
+CLIENT_DISCONNECTED = "client_disconnected"
+
+
+def shutting_down(detail: str) -> RequestFailed:
+    """503 with ``Retry-After``: another replica (or this one, restarted) can take the request."""
+    return RequestFailed(503, SHUTTING_DOWN, detail, retry_after=1)
+
+
+def client_disconnected() -> RequestFailed:
+    return RequestFailed(
+        499, CLIENT_DISCONNECTED, "The client closed the connection; the job was stopped."
+    )
+
+
 def error_message(body: dict[str, Any]) -> str:
     """One line for an error body: its text, or the first input error as ``loc: msg``."""
     detail = body.get("detail")

@@ -80,6 +80,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=Settings.request_timeout_s,
         help="seconds per request; then 504",
     )
+    limits.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=Settings.shutdown_grace_s,
+        help="seconds running work gets after SIGTERM (admission stops at once) before it is "
+        "stopped with a 503; keep it below the pod's terminationGracePeriodSeconds",
+    )
     outputs = serve.add_argument_group("outputs")
     outputs.add_argument(
         "--output-ttl", type=float, default=Settings.output_ttl_s, help="seconds outputs are kept"
@@ -156,9 +163,9 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     shared.add_argument(
         "--output-store",
-        default=Settings.output_store,
+        default=None,
         help="where sync_mode=false outputs live: memory, redis (with --redis-url) or "
-        "s3://bucket/prefix",
+        "s3://bucket/prefix (default: redis with --redis-url, else memory)",
     )
     shared.add_argument(
         "--s3-endpoint-url",
@@ -206,6 +213,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_inflight=args.max_inflight,
         max_waiting=args.max_waiting,
         request_timeout_s=args.request_timeout,
+        shutdown_grace_s=_non_negative(args.shutdown_grace, "--shutdown-grace"),
         output_ttl_s=args.output_ttl,
         output_store_bytes=int(args.output_store_mb * MiB),
         public_url=args.public_url,
@@ -230,7 +238,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _output_store(args: argparse.Namespace) -> str:
-    store = args.output_store
+    store = args.output_store or ("redis" if args.redis_url else Settings.output_store)
     if store not in ("memory", "redis") and not store.startswith("s3://"):
         raise SystemExit(
             f"chrono-upscaler serve: error: --output-store {store!r}: "

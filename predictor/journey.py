@@ -132,9 +132,15 @@ class Upscaler:
         self.engine = engine
         self.settings = settings
         self.store = store
-        self.pool = WorkerPool(settings.max_inflight, settings.max_waiting)
         self.telemetry = Telemetry(engine.name, settings.gpu_hourly_usd)
+        self.pool = WorkerPool(
+            settings.max_inflight, settings.max_waiting, on_abandoned=self.telemetry.count_abandoned
+        )
         metrics.watch_pool(lambda: self.pool.waiting, lambda: self.pool.inflight)
+
+    def deadline(self) -> Deadline:
+        """``--request-timeout`` from now: one request's deadline, whatever it runs."""
+        return Deadline.after(self.settings.request_timeout_s)
 
     async def upscale(
         self,
@@ -143,20 +149,28 @@ class Upscaler:
         record: RequestRecord | None = None,
         observer: JobObserver | None = None,
         admission: Admission | None = None,
+        deadline: Deadline | None = None,
     ) -> UpscaleResponse:
         """Run one request end to end; ``base_url`` is where ``/files/`` links point.
 
         The HTTP edge opens the request's record (:func:`current_record`) and finishes it; a
         record passed in (a queued job's) or opened here is finished here, exactly once.
         ``observer`` hears the job start, its progress and its stages (the queue's logs);
-        ``admission``: a place already reserved in the worker pool (a queued request's).
+        ``admission``: a place already reserved in the worker pool (a queued request's);
+        ``deadline``: one shared by several calls (a v1 request's instances), else
+        ``--request-timeout`` from now.
         """
         owned = record is not None or current_record() is None
         record = record or current_record() or RequestRecord(route="in-process")
         status, error_type = 200, None
         try:
             return await self._upscale(
-                request, base_url, record, observer or JobObserver(), admission
+                request,
+                base_url,
+                record,
+                observer or JobObserver(),
+                admission,
+                deadline or self.deadline(),
             )
         except UpscaleError as exc:
             status, error_type = exc.status_code, exc.error_type
@@ -179,9 +193,9 @@ class Upscaler:
         record: RequestRecord,
         observer: JobObserver,
         admission: Admission | None,
+        deadline: Deadline,
     ) -> UpscaleResponse:
         """The journey of one validated request, step by step (the edge did 1: parse)."""
-        deadline = Deadline.after(self.settings.request_timeout_s)
 
         # 2. the deployment's defaults, then refuse what this engine cannot honour
         request = apply_defaults(request, self.settings)
@@ -263,7 +277,7 @@ class Upscaler:
 
             # the engine reports each tile/step; a cancelled job stops at the next one
             def progress(done: int, total: int, unit: str) -> None:
-                token.check()
+                token.check(done, total)
                 observer.progress(done, total, unit)
 
             timings: dict[str, float] = {}

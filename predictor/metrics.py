@@ -17,7 +17,11 @@ from prometheus_client.registry import Collector
 #: stages a request's time is split into; ``total`` is the whole HTTP request (or queue job)
 STAGES = ("fetch", "decode", "inference", "encode", "total")
 #: the fixed outcome set; every request lands in exactly one
-OUTCOMES = ("ok", "client_error", "server_error", "rejected", "timeout", "cancelled")
+OUTCOMES = (
+    "ok", "client_error", "server_error", "rejected", "timeout", "cancelled", "client_disconnected"
+)  # fmt: skip
+#: why a job was stopped before it finished (the labels of the abandoned-work counters)
+ABANDON_REASONS = ("client_disconnected", "timeout", "cancelled", "shutdown")
 
 #: fal's list price for this endpoint, in cents per image: up to the 480p tier, and above it.
 #: The tier is defined by output pixels: 854×480 (480p at 16:9) = 409,920 pixels or fewer.
@@ -33,8 +37,11 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 
 
-def outcome_for_status(status: int) -> str:
-    """The outcome class of an HTTP status code (2xx ok; 429/503 shed; 504 timed out)."""
+def outcome_for_status(status: int, error_type: str | None = None) -> str:
+    """The outcome class of an HTTP status code (2xx ok; 429/503 shed; 504 timed out); a 499
+    is ``client_disconnected`` when the client hung up, ``cancelled`` when it asked to cancel."""
+    if status == 499 and error_type == "client_disconnected":
+        return "client_disconnected"
     if status < 400:
         return "ok"
     if status in (429, 503):
@@ -82,6 +89,18 @@ COST_USD = Counter(
     "upscaler_cost_usd",
     "Device seconds times the deployment's hourly price (--gpu-hourly-usd) / 3600.",
     ("engine",),
+)
+ABANDONED_ENGINE_SECONDS = Counter(
+    "upscaler_abandoned_engine_seconds",
+    "Engine seconds spent on jobs after their request was given up (client gone, deadline, "
+    "cancel, shutdown): work nobody receives. A job stops at its next step or tile.",
+    ("engine", "reason"),
+)
+SAVED_ENGINE_SECONDS = Counter(
+    "upscaler_saved_engine_seconds",
+    "Engine seconds not spent because a given-up job stopped early (estimated from its progress "
+    "when it was stopped).",
+    ("engine", "reason"),
 )
 SAFETY_FLAGGED = Counter(
     "upscaler_safety_flagged",
@@ -143,6 +162,9 @@ def start_series(engine: str) -> None:
     for counter in (OUTPUT_MEGAPIXELS, DEVICE_SECONDS, COST_USD, SAFETY_FLAGGED):
         counter.labels(engine)
     LIST_PRICE.add(engine, 0)
+    for reason in ABANDON_REASONS:
+        ABANDONED_ENGINE_SECONDS.labels(engine, reason)
+        SAVED_ENGINE_SECONDS.labels(engine, reason)
 
 
 def watch_pool(waiting: Callable[[], float], inflight: Callable[[], float]) -> None:

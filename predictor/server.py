@@ -7,9 +7,12 @@ arguments and never build their neighbours.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import warnings
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from kserve import ModelServer
 from kserve.model_server import app as kserve_app
@@ -110,27 +113,40 @@ def build_model(settings: Settings) -> UpscalerModel:
     return UpscalerModel(settings.model_name, upscaler, queue)
 
 
+#: after the grace period, how long stopped jobs get to reach their next step or tile
+STOP_WAIT_S = 10.0
+#: how long finished requests' webhooks get to be delivered before the process exits
+WEBHOOK_FLUSH_S = 5.0
+
+
 class BoundModelServer(ModelServer):
     """KServe's ModelServer, binding the host it is given (KServe's binds 0.0.0.0), serving TLS
-    from our flags, and running the queue's consumers inside its event loop."""
+    from our flags, running the queue's consumers inside its event loop, and shutting down in
+    bounded time without losing accepted work (:meth:`drain`)."""
 
     def __init__(
         self,
         host: str,
         tls: tuple[str | None, str | None] = (None, None),
         queue: QueueBackend | None = None,
+        upscaler: Upscaler | None = None,
+        shutdown_grace_s: float = Settings.shutdown_grace_s,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.host = host
         self.tls = tls
         self.queue = queue
+        self.upscaler = upscaler
+        self.shutdown_grace_s = shutdown_grace_s
+        self._draining: asyncio.Task | None = None
 
     async def _serve(self) -> None:
         if self._rest_server is not None:
             config = self._rest_server.config
             config.host = self.host
             config.ssl_certfile, config.ssl_keyfile = self.tls  # uvicorn loads them at start
+            self._hook_signals(self._rest_server._server)
         if self.queue is not None:
             await self.queue.start()
         try:
@@ -139,12 +155,78 @@ class BoundModelServer(ModelServer):
             if self.queue is not None:  # a shared queue gets its running requests back
                 await self.queue.stop()
 
+    def _hook_signals(self, uvicorn_server: Any) -> None:
+        """uvicorn stops listening on the first SIGTERM/SIGINT; ours drains first (the listener
+        stays open meanwhile, so late clients get a 503 with Retry-After instead of a refused
+        connection), then hands the signal to uvicorn. A second signal stops at once."""
+        exit_now = uvicorn_server.handle_exit
+        loop = asyncio.get_running_loop()
+
+        def begin_drain(sig: int, frame: Any) -> None:
+            if self._draining is not None or self.upscaler is None:
+                exit_now(sig, frame)
+                return
+            self._draining = loop.create_task(self.drain())
+            self._draining.add_done_callback(lambda _: exit_now(sig, frame))
+
+        # uvicorn installs ``handle_exit`` with signal.signal when it starts serving; the signal
+        # lands between two bytecodes of the loop's thread, so the drain starts from the loop
+        uvicorn_server.handle_exit = lambda sig, frame: loop.call_soon_threadsafe(
+            begin_drain, sig, frame
+        )
+
+    async def drain(self) -> None:
+        """Stop admission now; give running work ``shutdown_grace_s``; stop what is left.
+
+        Requests not yet on a worker end at once with a 503 (they can retry elsewhere); every
+        queued request here ends with a status and its webhook is delivered; a shared queue gets
+        back what this replica could not finish.
+        """
+        assert self.upscaler is not None
+        pool = self.upscaler.pool
+        started = time.monotonic()
+        grace = self.shutdown_grace_s
+        pool.close(
+            "The server is shutting down; the request had not started. Retry it: another "
+            "replica (or this one, restarted) will run it."
+        )
+        log.info(
+            "shutting down: admission closed; %d running job(s) get up to %g s",
+            pool.inflight,
+            grace,
+        )
+        if not await pool.wait_idle(grace):
+            log.warning("shutdown grace of %g s over: stopping %d job(s)", grace, pool.inflight)
+            pool.stop(
+                f"The server shut down before the request finished (its shutdown grace period "
+                f"is {grace:g} s). Retry it: another replica (or this one, restarted) will run it."
+            )
+            await pool.wait_idle(STOP_WAIT_S)
+        if self.queue is not None:
+            await self.queue.stop()
+            if not await self.queue.wait_delivered(WEBHOOK_FLUSH_S):
+                log.warning("some webhooks were still being delivered at exit")
+        log.info("drained in %.2f s; exiting", time.monotonic() - started)
+
 
 def serve(settings: Settings) -> None:
     # KServe's app defaults to ORJSONResponse, which FastAPI now flags on every first response
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     configure_request_log()
     model = build_model(settings)
+    if single := settings.single_replica_parts():
+        log.warning(
+            "this configuration serves one replica only: %s. Behind a Service with more "
+            "replicas, queue status and /files/ links would answer 404 on the others; use "
+            "--redis-url (queue and outputs) or --output-store s3://… (docs/replicas.md)",
+            "; ".join(single),
+        )
+    log.info(
+        "queue: %s; outputs: %s; shutdown grace: %g s",
+        settings.queue_kind,
+        settings.output_store_kind,
+        settings.shutdown_grace_s,
+    )
     mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)
     mount_queue_routes(kserve_app, model.ready_queue, settings.public_url)
     mount_playground(kserve_app)  # the page at /playground, and at / for browsers
@@ -167,6 +249,8 @@ def serve(settings: Settings) -> None:
         settings.host,
         (settings.tls_cert, settings.tls_key),
         model.queue,
+        model.upscaler,
+        settings.shutdown_grace_s,
         http_port=settings.port,
         enable_grpc=False,
         workers=1,

@@ -108,9 +108,14 @@ class Telemetry:
             metrics.device_cost_usd(seconds, self.gpu_hourly_usd)
         )
 
+    def count_abandoned(self, reason: str, wasted_s: float, saved_s: float) -> None:
+        """A job stopped after its request was given up: what it still cost, what it saved."""
+        metrics.ABANDONED_ENGINE_SECONDS.labels(self.engine, reason).inc(wasted_s)
+        metrics.SAVED_ENGINE_SECONDS.labels(self.engine, reason).inc(saved_s)
+
     def finish(self, record: RequestRecord, status: int, error_type: str | None = None) -> str:
         """Count ``record`` once (later calls are no-ops) and return its outcome."""
-        outcome = metrics.outcome_for_status(status)
+        outcome = metrics.outcome_for_status(status, error_type)
         if record.finished or record.handed_off:
             return outcome
         record.finished = True

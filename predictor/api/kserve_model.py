@@ -62,9 +62,11 @@ class UpscalerModel(Model):
             for index, item in enumerate(instances)
         ]
         base_url = base_url_from_headers(headers)
+        # one deadline for the whole HTTP request, however many instances it carries
+        deadline = self.upscaler.deadline()
         predictions = []
         for request in requests:
-            response = await self.upscaler.upscale(request, base_url)
+            response = await self.upscaler.upscale(request, base_url, deadline=deadline)
             predictions.append(response.model_dump(mode="json"))
         return {"predictions": predictions}
 

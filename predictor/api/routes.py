@@ -6,6 +6,7 @@ Protocol translation happens here once; the journey below sees only validated re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,24 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from predictor.api.errors import error_response, upscale_error_handler, validation_error_handler
-from predictor.errors import UpscaleError, file_too_large, not_ready
+from predictor.errors import (
+    CLIENT_DISCONNECTED,
+    UpscaleError,
+    client_disconnected,
+    file_too_large,
+    not_ready,
+)
 from predictor.journey import Upscaler
 from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
 from predictor.telemetry import TelemetryMiddleware
 
 FAL_PATH = f"/{APP_ID}"
 _V1_PREDICT = re.compile(r"^/v1/models/[^/]+:predict$")
+
+
+def is_sync_upscale_route(method: str, path: str) -> bool:
+    """The routes that hold the connection while the job runs (fal's sync route, KServe v1)."""
+    return method == "POST" and (path == FAL_PATH or _V1_PREDICT.match(path) is not None)
 
 
 def is_upscale_route(method: str, path: str) -> bool:
@@ -81,6 +93,67 @@ class BodyLimitMiddleware:
         )
 
 
+class CancelOnDisconnectMiddleware:
+    """Stop a synchronous request's job when its client hangs up.
+
+    The body is read first (the app would read it whole anyway) and replayed; the connection's
+    ``receive`` channel is then watched for ``http.disconnect``. When it comes before the
+    response has started, the handler is cancelled with the reason ``client_disconnected``: its
+    job stops at the next step or tile and the worker is free at once. The request is recorded
+    as a 499 ``client_disconnected`` (the answer itself goes nowhere).
+    """
+
+    def __init__(self, app: ASGIApp, watched: Callable[[str, str], bool]) -> None:
+        self.app = app
+        self.watched = watched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.watched(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        body: list[Message] = []
+        while not body or body[-1].get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # gone before its body arrived
+                return
+            body.append(message)
+        gone = asyncio.Event()
+        started = False
+
+        async def replay() -> Message:
+            if body:
+                return body.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if handler.done() or started:  # answered (a disconnect after it changes nothing)
+                await handler
+                return
+            handler.cancel(CLIENT_DISCONNECTED)
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+            await error_response(client_disconnected())(scope, replay, send)
+        except asyncio.CancelledError:
+            handler.cancel()
+            raise
+        finally:
+            watcher.cancel()
+
+
 def describe(upscaler: Upscaler) -> dict[str, Any]:
     """The deployment as a client sees it (no secrets): what runs, its limits and defaults."""
     settings = upscaler.settings
@@ -89,6 +162,9 @@ def describe(upscaler: Upscaler) -> dict[str, Any]:
         "model_name": settings.model_name,
         "engine": upscaler.engine.metadata(),
         "auth_required": bool(settings.api_keys),
+        # where queued requests and sync_mode=false outputs live (in_process/memory: one replica)
+        "queue": settings.queue_kind,
+        "output_store": settings.output_store_kind,
         # the device's hourly price (--gpu-hourly-usd), for cost per image; None when unset
         "gpu_hourly_usd": settings.gpu_hourly_usd or None,
         "limits": {
@@ -98,6 +174,7 @@ def describe(upscaler: Upscaler) -> dict[str, Any]:
             "max_inflight": settings.max_inflight,
             "max_waiting": settings.max_waiting,
             "request_timeout_s": settings.request_timeout_s,
+            "shutdown_grace_s": settings.shutdown_grace_s,
             "queue_result_ttl_s": settings.queue_result_ttl_s,
         },
         "defaults": {name: str(value) for name, value in settings.request_defaults.items()},
@@ -121,6 +198,8 @@ def mount_fal_routes(
     """Add fal's upscaler route and the output file route to ``app`` (KServe's app in serving)."""
     app.add_exception_handler(UpscaleError, upscale_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    # inside the body limit: it reads the (already bounded) body, then watches the connection
+    app.add_middleware(CancelOnDisconnectMiddleware, watched=is_sync_upscale_route)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
 
     def ready_upscaler() -> Upscaler:

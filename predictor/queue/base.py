@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from predictor.errors import UpscaleError, error_message, internal_error
+from predictor.errors import SHUTTING_DOWN, UpscaleError, error_message, internal_error
 from predictor.journey import JobObserver, Upscaler, check_supported
 from predictor.schema import APP_ID, UpscaleRequest
 from predictor.telemetry import RequestRecord
@@ -130,7 +130,9 @@ class QueueBackend(ABC):
     async def submit(
         self, request_id: str, request: UpscaleRequest, base_url: str, webhook_url: str | None
     ) -> QueueState:
-        """Accept a request, or raise 429 when the queue is full (400 for what cannot run)."""
+        """Accept a request, or raise 429 when the queue is full (400 for what cannot run, 503
+        once this replica is shutting down)."""
+        self.upscaler.pool.check_open()
         check_supported(request, self.upscaler.engine)  # refused now, not after its wait
         return await self._enqueue(request_id, request, base_url, webhook_url)
 
@@ -160,6 +162,14 @@ class QueueBackend(ABC):
 
     async def stop(self) -> None:  # noqa: B027
         """Stop consuming; hand running work back where the backend can."""
+
+    async def wait_delivered(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) for the webhooks of finished requests to be delivered."""
+        pending = [task for task in self._background if not task.done()]
+        if not pending:
+            return True
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        return not late
 
     def _count_unrun(self, request_id: str, outcome: Outcome) -> None:
         """Count, once, a request that ended without a run here (cancelled while waiting, or
@@ -205,6 +215,11 @@ async def run_job(
     except Exception:  # the journey turns these into UpscaleError already; belt and braces
         log.exception("queued request %s failed", request_id)
         return Outcome.from_error(internal_error())
+
+
+def stopped_by_shutdown(outcome: Outcome) -> bool:
+    """The request was refused or stopped because this replica is shutting down."""
+    return outcome.body.get("error_type") == SHUTTING_DOWN
 
 
 def outcome_log(outcome: Outcome) -> dict[str, str]:

@@ -164,6 +164,8 @@ class LocalQueue(QueueBackend):
         return True
 
     async def stop(self) -> None:
+        """Requests still unfinished (the server drains the pool first, so normally none) end
+        as cancelled; none is left without a status and its webhook."""
         for entry in self._entries.values():
             if entry.task is not None and not entry.task.done():
                 entry.task.cancel()

@@ -43,6 +43,7 @@ from predictor.queue.base import (
     log_line,
     outcome_log,
     run_job,
+    stopped_by_shutdown,
 )
 from predictor.queue.local import LogLineObserver
 from predictor.schema import UpscaleRequest
@@ -341,27 +342,31 @@ class RedisQueue(QueueBackend):
         for task in self._tasks:
             task.cancel()
         for request_id in list(self._running):
-            handed_back = await self._scripts["release"](
-                keys=[
-                    self.running_key,
-                    self.key("job", request_id),
-                    self.waiting_key,
-                    self.key("logs", request_id),
-                ],
-                args=[
-                    request_id,
-                    self.consumer,
-                    json.dumps(log_line("handed back: the replica running it is stopping")),
-                ],
-            )
-            log.info("request_id=%s handed back to the queue=%s", request_id, bool(handed_back))
+            await self._hand_back(request_id)
         for task in self._running.values():
             task.cancel()
+
+    async def _hand_back(self, request_id: str) -> None:
+        """Put a request this replica runs back at the head of the queue, for another one."""
+        handed_back = await self._scripts["release"](
+            keys=[
+                self.running_key,
+                self.key("job", request_id),
+                self.waiting_key,
+                self.key("logs", request_id),
+            ],
+            args=[
+                request_id,
+                self.consumer,
+                json.dumps(log_line("handed back: the replica running it is stopping")),
+            ],
+        )
+        log.info("request_id=%s handed back to the queue=%s", request_id, bool(handed_back))
 
     async def _consume(self) -> None:
         """Claim a request whenever an engine worker here is idle (sync traffic shares them)."""
         pool = self.upscaler.pool
-        while not self._stopping:
+        while not self._stopping and not pool.closing:  # a replica shutting down claims nothing
             if pool.idle_slots() <= 0:
                 await asyncio.sleep(POLL_S)
                 continue
@@ -422,6 +427,9 @@ class RedisQueue(QueueBackend):
             await observer.close()
             with contextlib.suppress(Exception):
                 await pump
+        if stopped_by_shutdown(outcome):  # unfinished here: another replica runs it
+            await self._hand_back(job.request_id)
+            return
         applied = await self._scripts["complete"](
             keys=[
                 self.running_key,

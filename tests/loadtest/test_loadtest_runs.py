@@ -50,7 +50,8 @@ def assert_well_formed(out: Path) -> dict:
     requests = results["requests"]
     assert requests["total"] > 0
     assert sum(requests["by_status"].values()) == requests["total"]
-    assert requests["accepted"] + requests["shed"] + requests["failed"] == requests["total"]
+    classes = ("accepted", "shed", "gave_up", "failed")
+    assert sum(requests[name] for name in classes) == requests["total"]
     for route in results["routes"].values():
         assert sum(route["by_status"].values()) == route["count"]
     checked = 0
@@ -114,6 +115,25 @@ def test_loadtest_sync_run_reports_latency_throughput_and_cost(small_server, tmp
     assert results["queue"] is None
     assert_costs_positive(results)
     assert "# Load test: run — sync mode, small profile" in done.stdout  # the report, printed
+
+
+def test_loadtest_impatient_clients_report_work_nobody_received(small_server, tmp_path) -> None:
+    out = tmp_path / "impatient"
+    done = run_loadtest(
+        "run", "--url", small_server.url, "--users", "2", "--spawn-rate", "2",
+        "--duration", "4s", "--profile", "impatient", "--give-up-after", "0.3",
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = assert_well_formed(out)
+    impatient = results["impatient"]
+    assert impatient["given_up"] == results["requests"]["gave_up"] > 0
+    assert results["requests"]["failed"] == 0
+    # the server saw the hang-ups, stopped those jobs and counted what they still cost
+    assert impatient["server_client_disconnected"] >= 1
+    assert impatient["engine_seconds_after_give_up"] >= 0
+    assert impatient["saved_engine_seconds"] >= 0
+    assert "## Impatient clients: work nobody received" in done.stdout
 
 
 def test_loadtest_queue_run_splits_waiting_from_running(small_server, tmp_path) -> None:

@@ -60,6 +60,7 @@ def test_summary_is_ordered_and_empty_summaries_are_none() -> None:
         ("400", "failed"),
         ("timeout", "failed"),
         ("connection_error", "failed"),
+        ("gave_up", "gave_up"),
     ],
 )
 def test_status_classes(status: str, kind: str) -> None:
@@ -156,6 +157,15 @@ def test_pools_are_reproducible_and_stay_within_their_profile() -> None:
     assert 0.5 < share_small < 0.7  # weighted 60%
     with pytest.raises(ValueError):
         profiles.plan_pool(profiles.PROFILES["small"], 0)
+
+
+def test_impatient_clients_give_up_on_the_large_requests_only() -> None:
+    specs = profiles.plan_pool(profiles.PROFILES["impatient"], 200, seed=2)
+    assert {s.give_up_s for s in specs if s.long_side <= 256} == {None}
+    assert {s.give_up_s for s in specs if s.long_side >= 512} == {1.5}
+    sooner = profiles.plan_pool(profiles.PROFILES["impatient"], 200, seed=2, give_up_s=0.2)
+    assert {s.give_up_s for s in sooner} == {None, 0.2}
+    assert all(s.give_up_s is None for s in profiles.plan_pool(profiles.PROFILES["small"], 20))
 
 
 def test_fit_long_side_keeps_the_aspect_ratio() -> None:

@@ -247,8 +247,31 @@ def test_outputs_in_s3_are_fetched_from_the_bucket(tmp_path, s3_endpoint, monkey
         stop_server(srv)
 
 
+def test_outputs_are_shared_with_redis_url_alone(tmp_path, redis_url) -> None:
+    """Without --output-store, --redis-url keeps outputs in Redis too: any replica serves them."""
+    a, b = (
+        start_server(tmp_path, "--redis-url", redis_url, "--redis-prefix", "alone")
+        for _ in range(2)
+    )
+    try:
+        for srv in (a, b):
+            info = httpx.get(f"{srv.url}/info", timeout=10).json()
+            assert (info["queue"], info["output_store"]) == ("redis", "redis"), info
+            assert "serves one replica only" not in srv.log()
+        answer = a.post(small(output_format="png"))
+        assert answer.status_code == 200, answer.text
+        image = answer.json()["images"][0]
+        download = httpx.get(f"{b.url}/files/{image['file_name']}", timeout=10)
+        assert download.status_code == 200
+        assert len(download.content) == image["file_size"]
+    finally:
+        stop_server(a)
+        stop_server(b)
+
+
 def test_a_stopping_replica_hands_its_running_request_back(tmp_path, redis_url) -> None:
-    leaving = replica(tmp_path, redis_url, "term")
+    # no grace: the running request is handed back at once (with a grace, only if unfinished)
+    leaving = replica(tmp_path, redis_url, "term", "--shutdown-grace", "0")
     try:
         handle = submit(leaving, long(256))
         wait_logged(leaving, handle["request_id"], "tile ")

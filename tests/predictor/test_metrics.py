@@ -37,6 +37,12 @@ def test_outcome_classes(status: int, outcome: str) -> None:
     assert outcome in metrics.OUTCOMES
 
 
+def test_a_client_that_hung_up_is_an_outcome_of_its_own() -> None:
+    assert metrics.outcome_for_status(499, "client_disconnected") == "client_disconnected"
+    assert metrics.outcome_for_status(499, "request_cancelled") == "cancelled"
+    assert "client_disconnected" in metrics.OUTCOMES
+
+
 def test_list_price_tiers() -> None:
     assert metrics.list_price_cents(854, 480) == 2  # the 480p tier itself
     assert metrics.list_price_cents(640, 640) == 2  # 409,600 pixels: still within the tier

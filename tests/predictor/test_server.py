@@ -135,6 +135,10 @@ def test_info_describes_the_deployment(server) -> None:
     assert info["engine"]["supports_loras"] is False
     assert info["auth_required"] is False
     assert info["limits"]["max_inflight"] == 1
+    assert info["limits"]["shutdown_grace_s"] == 25
+    # the defaults keep queue and outputs in this process, and the start-up log says so
+    assert (info["queue"], info["output_store"]) == ("in_process", "memory")
+    assert "this configuration serves one replica only" in server.log()
 
 
 def test_queue_full_and_health_while_busy(busy_server) -> None:

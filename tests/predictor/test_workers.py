@@ -96,3 +96,83 @@ def test_cancel_token() -> None:
     assert token.cancelled
     with pytest.raises(JobCancelled):
         token.check()
+
+
+def _ticking(ticks: list[int], total: int = 400):
+    """A job that reports progress every 10 ms (as an engine does per tile) and checks its token."""
+
+    def job(token: CancelToken) -> str:
+        for i in range(total):
+            token.check(i, total)
+            ticks.append(i)
+            time.sleep(0.01)
+        return "finished"
+
+    return job
+
+
+def test_closing_refuses_new_and_waiting_work_and_lets_running_work_finish() -> None:
+    async def main() -> None:
+        pool = WorkerPool(max_inflight=1, max_waiting=2)
+        release = threading.Event()
+        running = asyncio.create_task(pool.run(lambda t: release.wait(5), Deadline.after(5)))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(pool.run(lambda t: "never", Deadline.after(5)))
+        await asyncio.sleep(0.05)
+        pool.close("closing for the test")
+        with pytest.raises(RequestFailed) as err:
+            await waiting
+        assert (err.value.status_code, err.value.error_type) == (503, "server_shutting_down")
+        assert err.value.detail == "closing for the test"
+        assert int(err.value.headers()["Retry-After"]) >= 1
+        with pytest.raises(RequestFailed) as err:
+            pool.admit()
+        assert err.value.error_type == "server_shutting_down"
+        assert "accepts no new requests" in err.value.detail
+        release.set()
+        assert await running is True  # the running job keeps its grace
+        assert await pool.wait_idle(5)
+        pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_stopping_stops_running_jobs_and_reports_what_they_cost_and_saved() -> None:
+    async def main() -> None:
+        abandoned: list[tuple[str, float, float]] = []
+        pool = WorkerPool(1, 1, on_abandoned=lambda *args: abandoned.append(args))
+        ticks: list[int] = []
+        running = asyncio.create_task(pool.run(_ticking(ticks), Deadline.after(30)))
+        while len(ticks) < 5:
+            await asyncio.sleep(0.01)
+        pool.stop("stopped for the test")
+        with pytest.raises(RequestFailed) as err:
+            await running
+        assert (err.value.status_code, err.value.detail) == (503, "stopped for the test")
+        assert await pool.wait_idle(5)
+        assert len(ticks) < 400
+        ((reason, wasted, saved),) = abandoned
+        assert reason == "shutdown"
+        assert wasted >= 0 and saved > 0
+        pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_request_names_its_reason() -> None:
+    async def main() -> None:
+        abandoned: list[tuple[str, float, float]] = []
+        pool = WorkerPool(1, 1, on_abandoned=lambda *args: abandoned.append(args))
+        ticks: list[int] = []
+        running = asyncio.create_task(pool.run(_ticking(ticks), Deadline.after(30)))
+        while len(ticks) < 5:
+            await asyncio.sleep(0.01)
+        running.cancel("client_disconnected")
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert await pool.wait_idle(5)
+        assert len(ticks) < 400
+        assert [reason for reason, _, _ in abandoned] == ["client_disconnected"]
+        pool.shutdown()
+
+    asyncio.run(main())
