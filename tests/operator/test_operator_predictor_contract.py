@@ -23,16 +23,6 @@ SECRET_VALUES = {"url": "redis://:stand-in@redis.queue.svc:6379/0"}
 KEDA = BuildOptions(predictor_image="registry.example.com/predictor:1", keda=True)
 
 
-def _predictor_knows(flag: str) -> bool:
-    return any(flag in action.option_strings for action in _serve_parser()._actions)
-
-
-def _serve_parser() -> Any:
-    parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command")
-    return subparsers.choices["serve"]
-
-
 def container_of(owner: Owner, raw: dict[str, Any]) -> dict[str, Any]:
     spec = parse_spec(raw, name=owner.name)
     (isvc,) = [c for c in build_children(owner, spec, KEDA) if c.kind == "InferenceService"]
@@ -48,12 +38,7 @@ def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> 
         else:
             key = item["valueFrom"]["secretKeyRef"]["key"]
             monkeypatch.setenv(item["name"], SECRET_VALUES.get(key, "stand-in"))
-    args = list(container["args"])
-    for flag in ("--lora-catalog", "--shutdown-grace"):
-        if flag in args and not _predictor_knows(flag):
-            index = args.index(flag)  # checked apart below; the rest must parse
-            del args[index : index + 2]
-    return cli.settings_from_args(cli.build_parser().parse_args(args))
+    return cli.settings_from_args(cli.build_parser().parse_args(container["args"]))
 
 
 CASES = [(name, OWNER, raw) for name, raw in sorted(VARIANTS.items())] + [
@@ -75,6 +60,9 @@ def test_operator_predictor_parses_what_the_operator_builds(
     spec = parse_spec(raw, name=owner.name)
     assert settings.model_name == owner.name and settings.engine == spec.engine
     assert settings.request_timeout_s == spec.request_timeout_seconds
+    assert settings.shutdown_grace_s == spec.shutdown_grace
+    if raw.get("loras"):  # the catalog ConfigMap's mount, read by the chronoedit engine
+        assert settings.engine_options.loras.catalog is not None
     if spec.defaults.num_inference_steps is not None:
         assert settings.request_defaults["num_inference_steps"] == (
             spec.defaults.num_inference_steps
@@ -94,26 +82,3 @@ def test_operator_predictor_parses_what_the_operator_builds(
     if s3 is not None:
         assert settings.s3_endpoint_url == s3.endpoint_url
         assert settings.s3_public_url == s3.public_url
-
-
-WITH_LORAS = [case for case in CASES if case[2].get("loras")]
-
-
-@pytest.mark.parametrize(("case", "owner", "raw"), WITH_LORAS, ids=[c[0] for c in WITH_LORAS])
-def test_operator_predictor_knows_the_lora_catalog_flag(
-    case: str, owner: Owner, raw: dict[str, Any]
-) -> None:
-    assert "--lora-catalog" in container_of(owner, raw)["args"]
-    if not _predictor_knows("--lora-catalog"):
-        pytest.xfail("the predictor has no --lora-catalog yet: a spec with loras cannot start")
-
-
-@pytest.mark.parametrize(("case", "owner", "raw"), CASES, ids=[c[0] for c in CASES])
-def test_operator_predictor_knows_the_shutdown_grace_flag(
-    case: str, owner: Owner, raw: dict[str, Any]
-) -> None:
-    args = container_of(owner, raw)["args"]
-    spec = parse_spec(raw, name=owner.name)
-    assert args[args.index("--shutdown-grace") + 1] == str(spec.shutdown_grace)
-    if not _predictor_knows("--shutdown-grace"):
-        pytest.xfail("the predictor has no --shutdown-grace yet: the pods it runs in cannot start")
