@@ -75,9 +75,10 @@ WAITING_SUFFIX, RUNNING_SUFFIX = ":waiting", ":running"
 STARTUP_PROBE = {"chronoedit": (10, 180), "sr": (5, 36)}  # (period s, failures): 30 min, 3 min
 #: the route may run a little past the predictor's own deadline so the predictor answers 504
 ROUTE_TIMEOUT_MARGIN_S = 30
-#: the pod's termination grace period runs this much past the predictor's --shutdown-grace, so
-#: the predictor finishes draining (and hands queued work back) before the kubelet's SIGKILL
-SHUTDOWN_MARGIN_S = 5
+#: the pod's termination grace period runs this much past the predictor's --shutdown-grace: after
+#: the grace the predictor waits up to 10 s for stopped jobs to reach their next step or tile and
+#: up to 5 s for webhooks, then exits, all before the kubelet's SIGKILL
+SHUTDOWN_MARGIN_S = 20
 #: CPU and memory when spec.predictor.resources leaves them out: explicit requests AND limits,
 #: because KServe's webhook fills a missing one from inferenceservice-config (cpu 1, 2Gi), which
 #: would cap a larger request (an invalid pod) or silently cap the memory at 2 GiB

@@ -82,3 +82,14 @@ def test_operator_predictor_parses_what_the_operator_builds(
     if s3 is not None:
         assert settings.s3_endpoint_url == s3.endpoint_url
         assert settings.s3_public_url == s3.public_url
+
+
+def test_the_pod_outlives_the_predictors_drain() -> None:
+    """After ``--shutdown-grace`` the predictor still waits for stopped jobs and for webhooks;
+    the margin the operator adds to the pod's grace period must cover both, or the kubelet's
+    SIGKILL lands mid-drain and queued requests lose their final status."""
+    from upscaler_operator.builders import SHUTDOWN_MARGIN_S
+
+    from predictor.server import STOP_WAIT_S, WEBHOOK_FLUSH_S
+
+    assert SHUTDOWN_MARGIN_S >= STOP_WAIT_S + WEBHOOK_FLUSH_S + 2
