@@ -129,7 +129,12 @@ def register_kserve_routes(
     add(V1, v1.model_ready, {200: "ready", **ready_errors})
     add("/v2/health/live", v2.live, {}, response_model=ServerLiveResponse)
     add("/v2/health/ready", v2.ready, {503: KSERVE_ERROR}, response_model=ServerReadyResponse)
-    add(V2 + "/ready", v2.model_ready, ready_errors, response_model=ModelReadyResponse)
+
+    async def model_ready(model_name: str) -> ModelReadyResponse:
+        """v2 model readiness, without KServe's ``model_version`` (a 501 for any value)."""
+        return await v2.model_ready(model_name)
+
+    add(V2 + "/ready", model_ready, ready_errors, response_model=ModelReadyResponse)
     if enable_model_control:
         control_errors = {400: KSERVE_ERROR, 500: KSERVE_ERROR, 501: KSERVE_ERROR, **ready_errors}
         add(V1 + ":explain", v1.explain, control_errors, "POST", response_model=None)
