@@ -1,11 +1,11 @@
 """Decode input bytes into an image and encode results, with deliberate settings.
 
 Decoding takes the still formats users send (JPEG, PNG, WebP, GIF and TIFF as their first frame,
-BMP, and AVIF where Pillow has it), checks the pixel count from the header before any pixel is
-decoded (decompression bombs) and applies EXIF orientation. Transparency is kept for outputs that
-can hold it (PNG, WebP: the colour goes through the engine, the alpha is resized alongside) and
-flattened onto white otherwise. Encoding uses settings measured in ``make bench``
-(docs/benchmarks.md): Pillow's defaults cost several times more CPU.
+BMP, AVIF where Pillow has it, HEIF/HEIC with pillow-heif), checks the pixel count from the
+header before any pixel is decoded (decompression bombs) and applies EXIF orientation.
+Transparency is kept for outputs that can hold it (PNG, WebP: the colour goes through the engine,
+the alpha is resized alongside) and flattened onto white otherwise. Encoding uses settings
+measured in ``make bench`` (docs/benchmarks.md): Pillow's defaults cost several times more CPU.
 """
 
 from __future__ import annotations
@@ -20,12 +20,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from predictor.errors import image_load_error, image_too_large
 from predictor.schema import OutputFormat
 
+try:  # HEIF/HEIC (phone photos) through the pillow-heif plugin, registered once, where installed
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    _HEIF: tuple[str, ...] = ("HEIF",)
+except ImportError:
+    _HEIF = ()
+
 #: Pillow's names of the formats decoded (MPO: a camera JPEG with a preview image inside)
-SUPPORTED_INPUT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF") + (
-    ("AVIF",) if features.check("avif") else ()
+SUPPORTED_INPUT_FORMATS = (
+    ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    + (("AVIF",) if features.check("avif") else ())
+    + _HEIF
 )
-_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF" + (
-    ", AVIF" if "AVIF" in SUPPORTED_INPUT_FORMATS else ""
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF" + "".join(
+    f", {name}" for name in ("AVIF", "HEIF") if name in SUPPORTED_INPUT_FORMATS
 )
 #: the largest side each encoder writes (WebP's format field is 14 bits, JPEG's 16; PNG's 31)
 MAX_SIDE: dict[OutputFormat, int] = {

@@ -32,7 +32,7 @@ def png_with_header_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"])
 def test_decodes_supported_formats(fmt: str) -> None:
     if fmt not in SUPPORTED_INPUT_FORMATS:
         pytest.skip(f"this Pillow has no {fmt} codec")
@@ -56,15 +56,15 @@ def test_refuses_other_formats_naming_supported(fmt: str) -> None:
     assert "JPEG, PNG, WebP, GIF, BMP, TIFF" in err.value.msg
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "TIFF"])
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "TIFF", "HEIF"])
 def test_transparency_is_kept_when_asked(fmt: str) -> None:
     logo = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     logo.paste((200, 30, 30, 255), (4, 4, 12, 12))
     kept = decode_image(encode(logo, fmt), max_pixels=10_000, keep_alpha=True)
     assert kept.mode == "RGBA", fmt
-    assert kept.getpixel((0, 0))[3] == 0 and kept.getpixel((8, 8))[3] == 255
+    assert kept.getpixel((0, 0))[3] < 40 and kept.getpixel((8, 8))[3] > 215  # HEIF is lossy
     flattened = decode_image(encode(logo, fmt), max_pixels=10_000)
-    assert flattened.mode == "RGB" and flattened.getpixel((0, 0)) == (255, 255, 255)
+    assert flattened.mode == "RGB" and min(flattened.getpixel((0, 0))) > 215
 
 
 def test_alpha_goes_around_the_engine_and_is_resized_alongside() -> None:
