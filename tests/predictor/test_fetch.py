@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from predictor.config import FetchLimits
 from predictor.errors import InputError
 from predictor.fetch import decode_data_uri, fetch_image_bytes, refusal_reason
+from predictor.queue.webhooks import WebhookSettings, check_webhook_url, deliver_webhook
 from tests.conftest import data_uri
 
 
@@ -216,3 +219,52 @@ def test_unresolvable_host() -> None:
     with pytest.raises(InputError) as err:
         run(fetch_image_bytes("http://no-such-host.invalid/x.png", FetchLimits()))
     assert err.value.error_type == "file_download_error"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://[64:ff9b::a9fe:a9fe]/hook",
+        "http://169.254.169.254/latest",
+        "http://example.com:0/hook",
+        "mailto:a@example.com",
+    ],
+)
+def test_webhook_urls_meet_the_same_guard_at_submit(url: str) -> None:
+    with pytest.raises(InputError) as err:
+        run(check_webhook_url(url, allow_private=False))
+    assert err.value.error_type == "url_not_allowed"
+    assert err.value.loc == ["query", "fal_webhook"]
+
+
+def test_webhook_names_that_do_not_resolve_yet_are_left_to_delivery() -> None:
+    run(check_webhook_url("https://no-such-host.invalid/hook", allow_private=False))
+
+
+class RedirectingReceiver(BaseHTTPRequestHandler):
+    """A webhook receiver that answers every POST with a redirect to a mailto: URL."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(307)
+        self.send_header("Location", "mailto:a@example.com")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_webhook_delivery_checks_again_and_never_raises(caplog) -> None:
+    settings = WebhookSettings(attempts=1, first_backoff_s=0)
+    assert run(deliver_webhook("http://127.0.0.1:9/hook", "r1", {}, False, settings)) is False
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), RedirectingReceiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        allowed = WebhookSettings(allow_private_urls=True, attempts=1, first_backoff_s=0)
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        assert run(deliver_webhook(url, "r2", {}, False, allowed)) is False
+        assert "not an http(s) URL" in caplog.text
+    finally:
+        receiver.shutdown()
