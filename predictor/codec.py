@@ -1,9 +1,11 @@
-"""Decode input bytes into an RGB image and encode results, with deliberate settings.
+"""Decode input bytes into an image and encode results, with deliberate settings.
 
-Decoding refuses anything but JPEG, PNG and WebP, checks the pixel count from the header before
-any pixel is decoded (decompression bombs), applies EXIF orientation, and flattens transparency
-onto white (every output format must be able to hold the result). Encoding uses settings measured
-in ``make bench`` (docs/benchmarks.md): Pillow's defaults cost several times more CPU.
+Decoding takes the still formats users send (JPEG, PNG, WebP, GIF and TIFF as their first frame,
+BMP, AVIF where Pillow has it, HEIF/HEIC with pillow-heif), checks the pixel count from the
+header before any pixel is decoded (decompression bombs) and applies EXIF orientation.
+Transparency is kept for outputs that can hold it (PNG, WebP: the colour goes through the engine,
+the alpha is resized alongside) and flattened onto white otherwise. Encoding uses settings
+measured in ``make bench`` (docs/benchmarks.md): Pillow's defaults cost several times more CPU.
 """
 
 from __future__ import annotations
@@ -13,12 +15,37 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from predictor.errors import image_load_error, image_too_large
 from predictor.schema import OutputFormat
 
-SUPPORTED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP")
+try:  # HEIF/HEIC (phone photos) through the pillow-heif plugin, registered once, where installed
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    _HEIF: tuple[str, ...] = ("HEIF",)
+except ImportError:
+    _HEIF = ()
+
+#: Pillow's names of the formats decoded (MPO: a camera JPEG with a preview image inside)
+SUPPORTED_INPUT_FORMATS = (
+    ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    + (("AVIF",) if features.check("avif") else ())
+    + _HEIF
+)
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF" + "".join(
+    f", {name}" for name in ("AVIF", "HEIF") if name in SUPPORTED_INPUT_FORMATS
+)
+#: the largest side each encoder writes (WebP's format field is 14 bits, JPEG's 16; PNG's 31)
+MAX_SIDE: dict[OutputFormat, int] = {
+    OutputFormat.jpeg: 65535,
+    OutputFormat.png: 2**31 - 1,
+    OutputFormat.webp: 16383,
+}
+#: output formats that hold an alpha channel
+ALPHA_FORMATS = frozenset({OutputFormat.png, OutputFormat.webp})
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -41,8 +68,12 @@ ENCODERS: dict[OutputFormat, tuple[str, str, str, dict]] = {
 }
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode ``data`` into an upright RGB image or raise a 400/413 naming the problem."""
+def decode_image(data: bytes, max_pixels: int, keep_alpha: bool = False) -> Image.Image:
+    """Decode ``data`` (its first frame) into an upright RGB image, or RGBA when ``keep_alpha``
+    and the image has transparency; raise a 400/413 naming the problem.
+
+    Decoders raise many exception types on hostile bytes; every one is the input's fault (400).
+    """
     try:
         with warnings.catch_warnings():
             # our own pixel limit (below) is the guard; Pillow's global one only warns first
@@ -50,7 +81,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise image_load_error(
-            "image_url is not a decodable image; supported formats: JPEG, PNG, WebP.",
+            f"image_url is not a decodable image; supported formats: {_FORMAT_NAMES}.",
             supported_formats=list(SUPPORTED_INPUT_FORMATS),
         ) from None
     except Image.DecompressionBombError:
@@ -59,11 +90,11 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             ("body", "image_url"),
             max_pixels=max_pixels,
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:
         raise image_load_error(f"The image could not be decoded: {exc}.") from None
     if image.format not in SUPPORTED_INPUT_FORMATS:
         raise image_load_error(
-            f"Image format {image.format} is not supported; supported formats: JPEG, PNG, WebP.",
+            f"Image format {image.format} is not supported; supported formats: {_FORMAT_NAMES}.",
             supported_formats=list(SUPPORTED_INPUT_FORMATS),
         )
     width, height = image.size
@@ -78,9 +109,31 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
+        if keep_alpha and has_alpha(image):
+            return image.convert("RGBA")
         return to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:
         raise image_load_error(f"The {image.format} image could not be decoded: {exc}.") from None
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """The colour (RGB, for the engine) and the alpha channel, if ``image`` has one."""
+    if image.mode != "RGBA":
+        return image, None
+    return image.convert("RGB"), image.getchannel("A")
+
+
+def restore_alpha(result: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    """The engine's RGB result with the input's alpha resized to it (Lanczos: a sharp mask)."""
+    if alpha is None:
+        return result
+    rgba = result.convert("RGBA")
+    rgba.putalpha(alpha.resize(result.size, Image.LANCZOS))
+    return rgba
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -95,7 +148,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

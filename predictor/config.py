@@ -71,6 +71,8 @@ class Settings:
     webhook_backoff_s: float = 1.0
     #: when non-empty, inference routes need ``Authorization: Key <key>``
     api_keys: frozenset[str] = frozenset()
+    #: serve KServe's model load/unload and explain (behind the key); off: anyone could unload
+    enable_model_control: bool = False
     #: serve HTTPS with this certificate chain and key (PEM files)
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -31,12 +31,41 @@ METADATA_ADDRESSES = frozenset(
 )
 USER_AGENT = "chrono-upscaler/0.1 (+image fetch)"
 _CHUNK = 64 * 1024
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, which a translator or tunnel would reach.
+
+    IPv4-mapped (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), 6to4 (``2002::/16``),
+    Teredo (the client address) and NAT64 (``64:ff9b::/96``; the local-use ``64:ff9b:1::/48``
+    may embed at /48 or /96, so both places are judged).
+    """
+    found = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
+    packed = ip.packed
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        found.append(ipaddress.IPv4Address(packed[12:]))
+    if ip in _NAT64_LOCAL:  # where the operator's prefix length puts it; zeros are padding
+        places = {
+            ipaddress.IPv4Address(packed[12:]),
+            ipaddress.IPv4Address(packed[6:8] + packed[9:11]),
+        }
+        found += [place for place in places if int(place)] or [ipaddress.IPv4Address(0)]
+    return [address for address in found if address is not None]
 
 
 def refusal_reason(ip: IPAddress, allow_private: bool) -> str | None:
-    """Why ``ip`` must not be fetched from, or None when it may be."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Why ``ip`` must not be reached, or None when it may be; an IPv6 address that carries an
+    IPv4 address is judged by that address (a NAT64 gateway or tunnel would connect there)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        for carried in embedded_ipv4(ip):
+            reason = refusal_reason(carried, allow_private)
+            if reason:
+                return reason
+        if ip in _NAT64 or ip.ipv4_mapped or ip.sixtofour or ip.teredo:
+            return None  # judged by the address it carries
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if allow_private:
@@ -88,7 +117,8 @@ async def resolve_checked(
     """Resolve ``host`` and return an address to connect to; refuse if any address is forbidden.
 
     Every address must pass: a name that resolves to one public and one private address is
-    refused, since the client library could pick either.
+    refused, since the client library could pick either. The refusal names the kind of address,
+    never the address, so the service cannot be used to learn what internal names resolve to.
     """
     try:
         literal = ipaddress.ip_address(host.strip("[]"))
@@ -98,34 +128,51 @@ async def resolve_checked(
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
             )
-        except (socket.gaierror, UnicodeError) as exc:
-            raise download_error(f"Could not resolve host {host!r}: {exc}.") from None
+        except (socket.gaierror, UnicodeError, OSError) as exc:
+            raise download_error(f"Could not resolve host {host!r}: {exc}.", _loc(what)) from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if not addresses:
-        raise download_error(f"Host {host!r} has no address.")
+        raise download_error(f"Host {host!r} has no address.", _loc(what))
     for ip in addresses:
         reason = refusal_reason(ip, allow_private)
         if reason:
             raise url_not_allowed(
-                f"{what} host {host!r} resolves to {ip}, {reason}; connecting to it is not "
-                "allowed (the operator can allow private addresses with --allow-private-urls)."
+                f"{what} host {host!r} is or resolves to {reason}; connecting to it is not "
+                "allowed (the operator can allow private addresses with --allow-private-urls).",
+                _loc(what),
             )
     return addresses[0]
 
 
-def check_scheme(url: str, what: str = "image_url") -> httpx.URL:
+def check_url(url: str, what: str = "image_url") -> tuple[httpx.URL, int]:
+    """The URL's syntax, scheme (http or https only) and port (1–65535), before any DNS."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise url_not_allowed(f"{what} is not a valid URL: {exc}.") from None
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise url_not_allowed(f"{what} is not a valid URL: {exc}.", _loc(what)) from None
     if parsed.scheme not in ("http", "https"):
         alternatives = "http, https or a data: URI" if what == "image_url" else "http or https"
         raise url_not_allowed(
-            f"{what} scheme {parsed.scheme or '(none)'!r} is not supported; use {alternatives}."
+            f"{what} scheme {parsed.scheme or '(none)'!r} is not supported; use {alternatives}.",
+            _loc(what),
         )
     if not parsed.host:
-        raise url_not_allowed(f"{what} has no host.")
-    return parsed
+        raise url_not_allowed(f"{what} has no host.", _loc(what))
+    if port is None:
+        port = 443 if parsed.scheme == "https" else 80
+    if not 1 <= port <= 65535:
+        raise url_not_allowed(f"{what} port {port} is outside 1–65535.", _loc(what))
+    return parsed, port
+
+
+async def guard_url(
+    url: str, allow_private: bool, what: str = "image_url"
+) -> tuple[httpx.URL, int, IPAddress]:
+    """The one URL guard of fetches, redirect hops and webhooks: syntax, scheme, port, then
+    every address the host resolves to; returns the address to connect to."""
+    parsed, port = check_url(url, what)
+    return parsed, port, await resolve_checked(parsed.host, port, allow_private, what)
 
 
 async def pinned_request(
@@ -141,9 +188,7 @@ async def pinned_request(
 
     The host name stays in the ``Host`` header and TLS (SNI and certificate checks).
     """
-    parsed = check_scheme(url, what)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    ip = await resolve_checked(parsed.host, port, allow_private, what)
+    parsed, port, ip = await guard_url(url, allow_private, what)
     host_header = parsed.host if parsed.port is None else f"{parsed.host}:{port}"
     return client.build_request(
         method,
@@ -152,6 +197,24 @@ async def pinned_request(
         content=content,
         extensions={"sni_hostname": parsed.host},
     )
+
+
+async def send_checked(
+    client: httpx.AsyncClient, request: httpx.Request, what: str = "image_url", stream: bool = False
+) -> httpx.Response:
+    """``client.send``, where a redirect's ``Location`` that is no http(s) URL (``data:``,
+    ``mailto:``, ``javascript:``) is a refusal: httpx parses it while building the next request,
+    even when it does not follow redirects."""
+    try:
+        return await client.send(request, stream=stream)
+    except httpx.InvalidURL:
+        raise url_not_allowed(
+            f"{what} redirected to a location that is not an http(s) URL.", _loc(what)
+        ) from None
+
+
+def _loc(what: str) -> tuple[str, ...]:
+    return ("query", what) if what == "fal_webhook" else ("body", what)
 
 
 async def fetch_url(url: str, limits: FetchLimits) -> bytes:
@@ -171,11 +234,10 @@ async def fetch_url(url: str, limits: FetchLimits) -> bytes:
                 request = await pinned_request(
                     client, "GET", url, limits.allow_private_urls, {"Accept": "image/*"}
                 )
-                parsed = check_scheme(url)
-                response = await client.send(request, stream=True)
+                response = await send_checked(client, request, stream=True)
                 try:
                     if response.is_redirect and "location" in response.headers:
-                        url = urljoin(str(parsed), response.headers["location"])
+                        url = urljoin(url, response.headers["location"])
                         continue
                     return await _read_body(response, limits.max_bytes)
                 finally:

@@ -42,6 +42,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="let image_url reach loopback/private addresses (tests, trusted networks only)",
     )
     limits.add_argument(
+        "--enable-model-control",
+        action="store_true",
+        help="serve KServe's model load/unload and :explain routes (behind the key when keys "
+        "are set); off by default, since unloading takes the model offline",
+    )
+    limits.add_argument(
         "--max-download-mb",
         type=float,
         default=_DEFAULT_FETCH.max_bytes / MiB,
@@ -224,6 +230,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         webhook_attempts=max(1, args.webhook_attempts),
         webhook_backoff_s=_non_negative(args.webhook_backoff, "--webhook-backoff"),
         api_keys=load_keys(args.keys_file),
+        enable_model_control=args.enable_model_control,
         redis_url=args.redis_url or None,
         redis_prefix=args.redis_prefix,
         max_queued=max(1, args.max_queued),

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from predictor import metrics
-from predictor.codec import Encoded, decode_image, encode_image
+from predictor.codec import (
+    ALPHA_FORMATS,
+    Encoded,
+    decode_image,
+    encode_image,
+    restore_alpha,
+    split_alpha,
+)
 from predictor.config import Settings
 from predictor.engines.base import SAFETY_FLAGGED_KEY, Engine, EngineJob, LoraRequest, ProgressFn
 from predictor.errors import (
@@ -86,7 +93,8 @@ def process_image(
     """
     timings = {} if timings is None else timings
     started = time.perf_counter()
-    image = decode_image(data, settings.max_input_pixels)
+    keep_alpha = request.output_format in ALPHA_FORMATS
+    image, alpha = split_alpha(decode_image(data, settings.max_input_pixels, keep_alpha))
     timings["decode"] = _lap(started)
     width, height = plan_output_size(
         image.width,
@@ -94,6 +102,7 @@ def process_image(
         request.upscale_factor,
         engine.size_multiple,
         settings.max_output_pixels,
+        request.output_format,
     )
     started = time.perf_counter()
     try:
@@ -101,7 +110,7 @@ def process_image(
     finally:
         timings["inference"] = _lap(started)
     started = time.perf_counter()
-    encoded = encode_image(result, request.output_format)
+    encoded = encode_image(restore_alpha(result, alpha), request.output_format)
     timings["encode"] = _lap(started)
     flagged = bool(result.info.get(SAFETY_FLAGGED_KEY))
     return Processed(encoded, image.size, timings, flagged)

@@ -9,11 +9,24 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from predictor.engines.options import MAX_LORAS
 
 APP_ID = "fal-ai/chrono-edit-lora-gallery/upscaler"
+#: numbers are JSON numbers: finite (no NaN, Infinity, 1e309) and never booleans or strings
+NUMBER = {"strict": True, "allow_inf_nan": False}
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: 30.0 is the integer 30 (as JSON Schema says); 30.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: an integer field: strict (no booleans, strings or fractions), integral floats taken as ints
+INTEGRAL = BeforeValidator(_integral)
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 
 
@@ -36,7 +49,7 @@ class LoraWeight(BaseModel):
             description="Catalog name, hf://owner/repo/file.safetensors, or an allowed URL.",
         ),
     ]
-    scale: Annotated[float, Field(ge=0, le=4, description="Weight of this LoRA.")] = 1.0
+    scale: Annotated[float, Field(ge=0, le=4, description="Weight of this LoRA.", **NUMBER)] = 1.0
 
 
 class UpscaleRequest(BaseModel):
@@ -52,18 +65,22 @@ class UpscaleRequest(BaseModel):
         ),
     ]
     upscale_factor: Annotated[
-        float, Field(ge=1, le=4, description="Target scale factor for the output resolution.")
+        float,
+        Field(ge=1, le=4, description="Target scale factor for the output resolution.", **NUMBER),
     ] = 2.0
     guidance_scale: Annotated[
-        float, Field(ge=0, le=10, description="Guidance scale; ≤ 1 means no negative pass.")
+        float,
+        Field(ge=0, le=10, description="Guidance scale; ≤ 1 means no negative pass.", **NUMBER),
     ] = 1.0
     enable_safety_checker: bool = True
     num_inference_steps: Annotated[
-        int, Field(ge=2, le=50, description="Denoising steps for the upscaling pass.")
+        int,
+        Field(ge=2, le=50, description="Denoising steps for the upscaling pass.", strict=True),
+        INTEGRAL,
     ] = 30
-    lora_scale: Annotated[float, Field(ge=0, le=2, description="Weight of the Upscaler LoRA.")] = (
-        1.0
-    )
+    lora_scale: Annotated[
+        float, Field(ge=0, le=2, description="Weight of the Upscaler LoRA.", **NUMBER)
+    ] = 1.0
     seed: Annotated[
         int | None,
         Field(
@@ -72,6 +89,7 @@ class UpscaleRequest(BaseModel):
             strict=True,
             description="Same seed and input give the same output; random when omitted.",
         ),
+        INTEGRAL,
     ] = None
     output_format: OutputFormat = OutputFormat.jpeg
     sync_mode: Annotated[

@@ -14,11 +14,13 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi import FastAPI
 from kserve import ModelServer
 from kserve.model_server import app as kserve_app
 
 from predictor.api.auth import KeyAuthMiddleware
 from predictor.api.kserve_model import UpscalerModel
+from predictor.api.kserve_routes import mount_v1_predict, register_kserve_routes
 from predictor.api.playground import mount_playground
 from predictor.api.queue_routes import FalProxyMiddleware, mount_queue_routes
 from predictor.api.routes import add_telemetry_middleware, mount_fal_routes
@@ -131,6 +133,7 @@ class BoundModelServer(ModelServer):
         queue: QueueBackend | None = None,
         upscaler: Upscaler | None = None,
         shutdown_grace_s: float = Settings.shutdown_grace_s,
+        enable_model_control: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -140,10 +143,22 @@ class BoundModelServer(ModelServer):
         self.upscaler = upscaler
         self.shutdown_grace_s = shutdown_grace_s
         self._draining: asyncio.Task | None = None
+        self.enable_model_control = enable_model_control
 
     async def _serve(self) -> None:
         if self._rest_server is not None:
-            config = self._rest_server.config
+            rest_server = self._rest_server
+
+            def register_endpoints(app: FastAPI) -> None:  # KServe's decided routes only
+                register_kserve_routes(
+                    app,
+                    rest_server.dataplane,
+                    rest_server.model_repository_extension,
+                    self.enable_model_control,
+                )
+
+            rest_server._register_endpoints = register_endpoints
+            config = rest_server.config
             config.host = self.host
             config.ssl_certfile, config.ssl_keyfile = self.tls  # uvicorn loads them at start
             self._hook_signals(self._rest_server._server)
@@ -209,6 +224,23 @@ class BoundModelServer(ModelServer):
         log.info("drained in %.2f s; exiting", time.monotonic() - started)
 
 
+def mount_routes(app: FastAPI, model: UpscalerModel, settings: Settings) -> None:
+    """Our routes and middlewares on KServe's app; KServe's decided routes are added when the
+    server starts (:func:`register_kserve_routes`)."""
+    mount_fal_routes(app, model.ready_upscaler, settings.max_body_bytes)
+    mount_queue_routes(
+        app, model.ready_queue, settings.public_url, settings.fetch.allow_private_urls
+    )
+    mount_v1_predict(app, lambda: model)  # before KServe's own :predict, which it replaces
+    mount_playground(app)  # the page at /playground, and at / for browsers
+    # added after the fal routes' middleware, so these wrap it: keys are checked inside the
+    # telemetry (a 401 is counted) and the proxy rewrites paths before anything else sees them
+    if settings.api_keys:
+        app.add_middleware(KeyAuthMiddleware, keys=settings.api_keys)
+    add_telemetry_middleware(app, model.ready_upscaler)
+    app.add_middleware(FalProxyMiddleware)
+
+
 def serve(settings: Settings) -> None:
     # KServe's app defaults to ORJSONResponse, which FastAPI now flags on every first response
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
@@ -227,15 +259,7 @@ def serve(settings: Settings) -> None:
         settings.output_store_kind,
         settings.shutdown_grace_s,
     )
-    mount_fal_routes(kserve_app, model.ready_upscaler, settings.max_body_bytes)
-    mount_queue_routes(kserve_app, model.ready_queue, settings.public_url)
-    mount_playground(kserve_app)  # the page at /playground, and at / for browsers
-    # added after the fal routes' middleware, so these wrap it: keys are checked inside the
-    # telemetry (a 401 is counted) and the proxy rewrites paths before anything else sees them
-    if settings.api_keys:
-        kserve_app.add_middleware(KeyAuthMiddleware, keys=settings.api_keys)
-    add_telemetry_middleware(kserve_app, model.ready_upscaler)
-    kserve_app.add_middleware(FalProxyMiddleware)
+    mount_routes(kserve_app, model, settings)
     log.info(
         "serving %s on %s://%s:%d (fal route /%s, KServe v1 /v1/models/%s:predict)",
         settings.engine,
@@ -251,6 +275,7 @@ def serve(settings: Settings) -> None:
         model.queue,
         model.upscaler,
         settings.shutdown_grace_s,
+        settings.enable_model_control,
         http_port=settings.port,
         enable_grpc=False,
         workers=1,

@@ -20,8 +20,10 @@ from predictor.api.errors import error_response
 from predictor.errors import RequestFailed
 
 ENV_VAR = "UPSCALER_API_KEYS"
+#: the routes that run or change something (api/kserve_routes.py decides each route's access)
 _PROTECTED = re.compile(
-    r"^/(fal-ai/|queue/|api/fal/proxy$|v1/models/[^/]+:predict$|v2/models/[^/]+(/versions/[^/]+)?/infer$)"
+    r"^/(fal-ai/|queue/|api/fal/proxy$|v1/models/[^/]+:(predict|explain)$"
+    r"|v2/models/[^/]+(/versions/[^/]+)?/infer$|v2/repository/)"
 )
 
 

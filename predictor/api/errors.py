@@ -7,19 +7,36 @@ route, middleware and the KServe model answer errors alike.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from predictor.errors import UpscaleError, ValidationFailed
 from predictor.schema import UpscaleRequest
 
 
 def error_response(exc: UpscaleError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+    """The error's body as JSON; whatever the client sent and a message quotes stays encodable."""
+    body = json_safe(exc.body())
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with what strict JSON in UTF-8 cannot carry replaced: NaN and ±Infinity by their
+    names, lone surrogates (``"\\udfff"`` parses in JSON) by ``?``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 async def upscale_error_handler(_: Request, exc: Exception) -> Response:
@@ -59,6 +76,7 @@ def public_error(error: Any, loc_prefix: tuple[str | int, ...] = ()) -> dict[str
 
 
 def _short(value: Any, limit: int = 200) -> Any:
+    """The offending input, cut (a data: URI can be megabytes); :func:`json_safe` does the rest."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str) and len(value) > limit:
@@ -68,3 +86,77 @@ def _short(value: Any, limit: int = 200) -> Any:
     if isinstance(value, list):
         return [_short(item, limit) for item in value[:20]]
     return value
+
+
+def body_not_json(exc: Exception) -> ValidationFailed:
+    """A body that is not JSON (or nested past what a parser follows), as FastAPI words it."""
+    return ValidationFailed(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ["body"],
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": str(exc)[:200]},
+            }
+        ]
+    )
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    url: str | None = None
+    ctx: dict[str, Any] | None = None
+    input: Any = None
+
+
+class ErrorBody(BaseModel):
+    """fal's two error shapes: input errors (``detail`` a list naming fields) and request errors
+    (``detail`` a sentence, ``error_type`` its kind)."""
+
+    detail: list[ErrorItem] | str
+    error_type: str | None = None
+
+
+class KServeErrorBody(BaseModel):
+    """KServe's own error shape, kept on its routes."""
+
+    error: str
+
+
+KSERVE_ERROR = KServeErrorBody
+#: what the routes that take a request body can answer besides success (documented once)
+INPUT_ERRORS: dict[int, Any] = {
+    400: ErrorBody,
+    413: ErrorBody,
+    422: ErrorBody,
+}
+REQUEST_ERRORS: dict[int, Any] = {401: ErrorBody, 429: ErrorBody, 503: ErrorBody, 504: ErrorBody}
+_DESCRIPTIONS = {
+    200: "OK",
+    202: "accepted",
+    400: "a bad request: fetch, decode, unsupported feature, or protocol error",
+    401: "a key is required (Authorization: Key <key>)",
+    404: "not found",
+    413: "over a size limit",
+    422: "a field is invalid; loc names it",
+    429: "too many requests in flight; see Retry-After",
+    500: "the job failed on the server",
+    501: "not implemented by this model",
+    503: "not ready; see Retry-After",
+    504: "timed out",
+}
+
+
+def openapi_responses(spec: dict[int, Any]) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` from {status: model or description}: every status a route answers,
+    with its JSON body where it has a model."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, what in spec.items():
+        if isinstance(what, str):
+            responses[status] = {"description": what}
+        else:
+            responses[status] = {"description": _DESCRIPTIONS.get(status, "error"), "model": what}
+    return responses

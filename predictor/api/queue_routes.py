@@ -8,22 +8,64 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from predictor.api.errors import public_error
-from predictor.errors import RequestFailed, ValidationFailed, not_ready
+from predictor.api.errors import (
+    INPUT_ERRORS,
+    REQUEST_ERRORS,
+    ErrorBody,
+    json_safe,
+    openapi_responses,
+    public_error,
+)
+from predictor.errors import InputError, RequestFailed, ValidationFailed, not_ready
 from predictor.queue.base import OWNER_ALIAS, CancelOutcome, QueueBackend, Status, queue_urls
-from predictor.schema import APP_ID, UpscaleRequest
+from predictor.queue.webhooks import check_webhook_url
+from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
 from predictor.telemetry import REQUEST_ID_HEADER, current_record
 
 QUEUE_SUBMIT_PATH = f"/queue/{APP_ID}"
 PROXY_PATH = "/api/fal/proxy"
 _WEBHOOK_URL = TypeAdapter(AnyHttpUrl)
+
+
+class Submitted(BaseModel):
+    """fal's answer to a submit."""
+
+    status: str
+    request_id: str
+    gateway_request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int
+
+
+class StatusDocument(BaseModel):
+    """fal's status document (``IN_QUEUE`` / ``IN_PROGRESS`` / ``COMPLETED``)."""
+
+    status: str
+    request_id: str
+    response_url: str
+    status_url: str
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class CancelAnswer(BaseModel):
+    status: str
+
+
+#: what every route about one request can answer besides its success
+_REQUEST_ROUTE_ERRORS = {401: ErrorBody, 404: ErrorBody, 503: ErrorBody}
 
 
 def not_found(request_id: str) -> JSONResponse:
@@ -34,7 +76,10 @@ def not_found(request_id: str) -> JSONResponse:
 
 
 def mount_queue_routes(
-    app: FastAPI, get_queue: Callable[[], QueueBackend | None], public_url: str | None
+    app: FastAPI,
+    get_queue: Callable[[], QueueBackend | None],
+    public_url: str | None,
+    allow_private_urls: bool = False,
 ) -> None:
     def ready_queue() -> QueueBackend:
         queue = get_queue()
@@ -46,7 +91,8 @@ def mount_queue_routes(
         QUEUE_SUBMIT_PATH,
         tags=["fal queue"],
         summary="Submit a request to the queue",
-        responses={429: {"description": "queue full; see Retry-After"}},
+        response_model=Submitted,
+        responses=openapi_responses({**INPUT_ERRORS, **REQUEST_ERRORS}),
     )
     async def submit(
         body: UpscaleRequest,
@@ -61,6 +107,11 @@ def mount_queue_routes(
                 raise ValidationFailed(
                     [public_error(error, ("query", "fal_webhook")) for error in exc.errors()]
                 ) from None
+            try:
+                await check_webhook_url(fal_webhook, allow_private_urls)
+            except InputError as exc:
+                item = {"type": exc.error_type, "loc": exc.loc, "msg": exc.msg}
+                raise ValidationFailed([{**item, "input": fal_webhook[:200]}]) from None
         record = current_record()
         assert record is not None, "the telemetry middleware opens a record for submits"
         base_url = public_url or str(request.base_url)
@@ -83,7 +134,12 @@ def mount_queue_routes(
 def _mount_request_routes(
     app: FastAPI, prefix: str, ready_queue: Callable[[], QueueBackend]
 ) -> None:
-    @app.get(f"{prefix}/requests/{{request_id}}/status", tags=["fal queue"])
+    @app.get(
+        f"{prefix}/requests/{{request_id}}/status",
+        tags=["fal queue"],
+        response_model=StatusDocument,
+        responses=openapi_responses(_REQUEST_ROUTE_ERRORS),
+    )
     async def status(request_id: str, logs: str | None = None) -> Response:
         state = await ready_queue().state(request_id)
         if state is None:
@@ -91,7 +147,18 @@ def _mount_request_routes(
         document = state.status_document(_truthy(logs))
         return JSONResponse(document, headers={REQUEST_ID_HEADER: request_id})
 
-    @app.get(f"{prefix}/requests/{{request_id}}/status/stream", tags=["fal queue"])
+    @app.get(
+        f"{prefix}/requests/{{request_id}}/status/stream",
+        tags=["fal queue"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "status documents as server-sent events, until COMPLETED",
+                "content": {"text/event-stream": {}},
+            },
+            **openapi_responses(_REQUEST_ROUTE_ERRORS),
+        },
+    )
     async def status_stream(request_id: str, logs: str | None = None) -> Response:
         queue = ready_queue()
         if await queue.state(request_id) is None:
@@ -102,7 +169,15 @@ def _mount_request_routes(
             headers={"Cache-Control": "no-cache", REQUEST_ID_HEADER: request_id},
         )
 
-    @app.get(f"{prefix}/requests/{{request_id}}", tags=["fal queue"])
+    @app.get(
+        f"{prefix}/requests/{{request_id}}",
+        tags=["fal queue"],
+        response_model=UpscaleResponse,
+        # a failed request's result is its error, with the status it ended in
+        responses=openapi_responses(
+            {**_REQUEST_ROUTE_ERRORS, **INPUT_ERRORS, **REQUEST_ERRORS, 500: ErrorBody}
+        ),
+    )
     async def result(request_id: str) -> Response:
         state = await ready_queue().state(request_id)
         if state is None:
@@ -117,13 +192,22 @@ def _mount_request_routes(
             )
         if outcome.failed:
             return JSONResponse(
-                outcome.body,
+                json_safe(outcome.body),
                 status_code=outcome.error_status or 500,
                 headers={**outcome.error_headers, **headers},
             )
         return JSONResponse(outcome.body, headers=headers)
 
-    @app.put(f"{prefix}/requests/{{request_id}}/cancel", tags=["fal queue"])
+    @app.put(
+        f"{prefix}/requests/{{request_id}}/cancel",
+        tags=["fal queue"],
+        status_code=202,
+        response_model=CancelAnswer,
+        responses={
+            **openapi_responses({400: CancelAnswer, 404: CancelAnswer}),
+            **openapi_responses({401: ErrorBody, 503: ErrorBody}),
+        },
+    )
     async def cancel(request_id: str) -> Response:
         outcome = await ready_queue().cancel(request_id)
         codes = {

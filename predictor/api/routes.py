@@ -16,7 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from predictor.api.errors import error_response, upscale_error_handler, validation_error_handler
+from predictor.api.errors import (
+    INPUT_ERRORS,
+    REQUEST_ERRORS,
+    ErrorBody,
+    error_response,
+    openapi_responses,
+    upscale_error_handler,
+    validation_error_handler,
+)
 from predictor.errors import (
     CLIENT_DISCONNECTED,
     UpscaleError,
@@ -213,21 +221,33 @@ def mount_fal_routes(
         response_model=UpscaleResponse,
         tags=["fal"],
         summary="Upscale an image (fal-compatible, synchronous)",
-        responses={
-            400: {"description": "image or LoRA could not be fetched or decoded"},
-            413: {"description": "input over the configured limits"},
-            429: {"description": "queue full; see Retry-After"},
-            504: {"description": "request timed out"},
-        },
+        responses=openapi_responses({**INPUT_ERRORS, **REQUEST_ERRORS, 500: ErrorBody}),
     )
     async def upscale(body: UpscaleRequest, request: Request) -> UpscaleResponse:
         return await ready_upscaler().upscale(body, str(request.base_url))
 
-    @app.get("/info", tags=["fal"], summary="What this deployment runs: engine, limits, auth")
+    @app.get(
+        "/info",
+        tags=["fal"],
+        summary="What this deployment runs: engine, limits, auth",
+        responses=openapi_responses({503: ErrorBody}),
+    )
     async def info() -> dict[str, Any]:
         return describe(ready_upscaler())
 
-    @app.get("/files/{file_name}", tags=["fal"], summary="Download an output image")
+    @app.get(
+        "/files/{file_name}",
+        tags=["fal"],
+        summary="Download an output image",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the image",
+                "content": {f"image/{kind}": {} for kind in ("jpeg", "png", "webp")},
+            },
+            **openapi_responses({404: ErrorBody, 503: ErrorBody}),
+        },
+    )
     async def get_file(file_name: str) -> Response:
         stored = await asyncio.to_thread(ready_upscaler().store.get, file_name)
         if stored is None:

@@ -357,7 +357,7 @@ class LoraLoader:
         """GET a LoRA URL with the image fetcher's guards into the cache, named by content hash."""
         import httpx
 
-        from predictor.fetch import check_scheme, pinned_request
+        from predictor.fetch import pinned_request, send_checked
 
         limits = self.settings
         what = f"loras[{loc[2]}].path"
@@ -380,12 +380,10 @@ class LoraLoader:
                         {"Accept": "application/octet-stream, */*"},
                         what=what,
                     )
-                    response = await client.send(request, stream=True)
+                    response = await send_checked(client, request, what, stream=True)
                     try:
                         if response.is_redirect and "location" in response.headers:
-                            url = urljoin(
-                                str(check_scheme(url, what)), response.headers["location"]
-                            )
+                            url = urljoin(url, response.headers["location"])
                             continue
                         return await self._save_body(response, source.label, loc, heartbeat)
                     finally:

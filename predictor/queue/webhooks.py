@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from predictor.errors import UpscaleError, error_message
-from predictor.fetch import pinned_request
+from predictor.errors import InputError, UpscaleError, error_message
+from predictor.fetch import guard_url, pinned_request, send_checked
 
 log = logging.getLogger("predictor.queue.webhooks")
 
@@ -78,6 +78,16 @@ def verify_signature(
     return hmac.compare_digest(signature, sign(secret, request_id, timestamp, body))
 
 
+async def check_webhook_url(url: str, allow_private: bool) -> None:
+    """At submit, the guard that delivery applies again: a refused scheme, port or address is
+    the client's to hear now. A name that does not resolve yet is left to delivery."""
+    try:
+        await guard_url(url, allow_private, what="fal_webhook")
+    except InputError as exc:
+        if exc.error_type == "url_not_allowed":
+            raise
+
+
 async def deliver_webhook(
     url: str,
     request_id: str,
@@ -111,12 +121,12 @@ async def deliver_webhook(
                 log.warning("webhook request_id=%s not sent: %s", request_id, exc)
                 return False
             try:
-                response = await client.send(request)
+                response = await send_checked(client, request, "fal_webhook")
                 outcome = f"HTTP {response.status_code}"
                 if response.is_success:
                     log.info("webhook request_id=%s delivered attempt=%d", request_id, attempt)
                     return True
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, UpscaleError) as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             log.warning(
                 "webhook request_id=%s attempt=%d/%d failed (%s)",

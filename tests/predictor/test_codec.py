@@ -9,7 +9,14 @@ import zlib
 import pytest
 from PIL import Image
 
-from predictor.codec import decode_image, encode_image, to_rgb
+from predictor.codec import (
+    SUPPORTED_INPUT_FORMATS,
+    decode_image,
+    encode_image,
+    restore_alpha,
+    split_alpha,
+    to_rgb,
+)
 from predictor.errors import InputError
 from predictor.schema import OutputFormat
 from tests.conftest import encode, photo_crop
@@ -25,18 +32,51 @@ def png_with_header_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"])
 def test_decodes_supported_formats(fmt: str) -> None:
+    if fmt not in SUPPORTED_INPUT_FORMATS:
+        pytest.skip(f"this Pillow has no {fmt} codec")
     image = decode_image(encode(photo_crop(40, 30), fmt), max_pixels=10_000)
     assert image.mode == "RGB" and image.size == (40, 30)
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_animated_gif_and_multipage_tiff_give_their_first_frame() -> None:
+    frames = [Image.new("RGB", (12, 10), colour) for colour in ("red", "blue", "green")]
+    for fmt in ("GIF", "TIFF"):
+        data = encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+        image = decode_image(data, max_pixels=10_000)
+        assert image.size == (12, 10) and image.getpixel((5, 5))[0] > 200, fmt
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX"])
 def test_refuses_other_formats_naming_supported(fmt: str) -> None:
     with pytest.raises(InputError) as err:
         decode_image(encode(photo_crop(10, 10), fmt), max_pixels=10_000)
     assert err.value.status_code == 400
-    assert "JPEG, PNG, WebP" in err.value.msg
+    assert "JPEG, PNG, WebP, GIF, BMP, TIFF" in err.value.msg
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "TIFF", "HEIF"])
+def test_transparency_is_kept_when_asked(fmt: str) -> None:
+    logo = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    logo.paste((200, 30, 30, 255), (4, 4, 12, 12))
+    kept = decode_image(encode(logo, fmt), max_pixels=10_000, keep_alpha=True)
+    assert kept.mode == "RGBA", fmt
+    assert kept.getpixel((0, 0))[3] < 40 and kept.getpixel((8, 8))[3] > 215  # HEIF is lossy
+    flattened = decode_image(encode(logo, fmt), max_pixels=10_000)
+    assert flattened.mode == "RGB" and min(flattened.getpixel((0, 0))) > 215
+
+
+def test_alpha_goes_around_the_engine_and_is_resized_alongside() -> None:
+    logo = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    logo.paste((200, 30, 30, 255), (4, 4, 12, 12))
+    colour, alpha = split_alpha(logo)
+    assert colour.mode == "RGB" and alpha is not None
+    upscaled = restore_alpha(colour.resize((32, 32)), alpha)
+    assert upscaled.mode == "RGBA" and upscaled.size == (32, 32)
+    assert upscaled.getpixel((1, 1))[3] == 0 and upscaled.getpixel((16, 16))[3] == 255
+    assert split_alpha(colour) == (colour, None)
+    assert restore_alpha(colour, None) is colour
 
 
 def test_refuses_non_image_and_truncated() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from predictor.errors import InputError
 from predictor.plan import plan_output_size, resolve_seed
+from predictor.schema import OutputFormat
 from predictor.storage.memory import MemoryOutputStore
 
 
@@ -30,6 +31,22 @@ def test_plan_refuses_outputs_over_the_limit() -> None:
         plan_output_size(1000, 1000, 4, max_pixels=10_000_000)
     assert err.value.status_code == 413
     assert err.value.loc == ["body", "upscale_factor"] and "4000×4000" in err.value.msg
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "limit", "instead"),
+    [
+        ((5000, 100), OutputFormat.webp, 16383, "output_format jpeg or png"),
+        ((17000, 10), OutputFormat.jpeg, 65535, "output_format png"),
+    ],
+)
+def test_plan_checks_the_formats_own_side_limit(size, fmt, limit, instead) -> None:
+    with pytest.raises(InputError) as err:
+        plan_output_size(*size, 4, max_pixels=10**9, output_format=fmt)
+    assert err.value.status_code == 413 and err.value.loc == ["body", "output_format"]
+    assert f"at most {limit} pixels per side" in err.value.msg and instead in err.value.msg
+    assert err.value.ctx == {"max_side": limit, "output_format": fmt.value}
+    assert plan_output_size(4095, 100, 4, output_format=OutputFormat.webp) == (16380, 400)
 
 
 def test_seed() -> None:

@@ -199,3 +199,39 @@ def test_sigterm_drains_the_request_in_flight(tmp_path) -> None:
         assert [line["outcome"] for line in srv.request_lines()] == ["ok"]
     finally:
         stop_server(srv)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_gif_bmp_and_tiff_inputs(server, fmt: str) -> None:
+    response = server.post(
+        {"image_url": data_uri(encode(photo_crop(20, 16), fmt)), "sync_mode": True}
+    )
+    assert response.status_code == 200, response.text
+    assert decode_result_image(response.json()["images"][0]["url"]).size == (40, 32)
+
+
+def test_alpha_is_kept_by_png_and_webp_and_flattened_by_jpeg(server) -> None:
+    logo = Image.new("RGBA", (24, 24), (0, 0, 0, 0))
+    logo.paste((30, 90, 200, 255), (6, 6, 18, 18))
+    for output_format, keeps in (("png", True), ("webp", True), ("jpeg", False)):
+        response = server.post(
+            {"image_url": data_uri(encode(logo)), "output_format": output_format, "sync_mode": True}
+        )
+        assert response.status_code == 200, response.text
+        image = decode_result_image(response.json()["images"][0]["url"])
+        assert image.size == (48, 48)
+        if keeps:
+            assert image.mode == "RGBA", output_format
+            assert image.getpixel((1, 1))[3] == 0 and image.getpixel((24, 24))[3] == 255
+        else:
+            assert image.mode == "RGB" and min(image.getpixel((1, 1))) > 240  # flattened on white
+
+
+def test_an_output_the_format_cannot_hold_is_refused_before_the_engine(server) -> None:
+    wide = data_uri(encode(Image.new("RGB", (4100, 4)), "PNG"))
+    response = server.post({"image_url": wide, "upscale_factor": 4, "output_format": "webp"})
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "output_format"] and detail["ctx"]["max_side"] == 16383
+    assert "output_format jpeg or png" in detail["msg"]
+    server.assert_alive()
