@@ -21,6 +21,18 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="sr engine: waifu2x photo (fidelity, default) or Real-ESRGAN x4plus (clean-up look)",
     )
     group.add_argument("--tile-size", type=int, default=None, help="sr engine: input tile side")
+    group.add_argument(
+        "--sr-precision",
+        choices=("auto", "bf16", "fp32"),
+        default=None,
+        help="sr engine arithmetic; auto: bf16 where the CPU has it natively (AMX, AVX512_BF16)",
+    )
+    group.add_argument(
+        "--sr-backend",
+        choices=("auto", "torch", "ncnn"),
+        default=None,
+        help="sr engine runtime; auto: the fastest measured for the model on this CPU",
+    )
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     _add_chronoedit_options(parser)
 
@@ -173,4 +185,5 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
             options["loras"] = loras
     else:
         options = {"model": args.sr_model, "tile_size": args.tile_size, "threads": args.threads}
+        options |= {"precision": args.sr_precision, "backend": args.sr_backend}
     return {key: value for key, value in options.items() if value is not None}
