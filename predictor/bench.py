@@ -1,5 +1,5 @@
-"""``make bench``: per-stage timings, encoder choices, server overhead, sr fidelity, LoRA swaps,
-queue overhead and a short load run.
+"""``make bench``: per-stage timings, encoder choices, server overhead, sr fidelity, the sr
+engine's execution paths, LoRA swaps, queue overhead and a short load run.
 
 Prints markdown tables (paste them into docs/benchmarks.md with the machine they ran on).
 Stages are timed with the same functions the server runs; the server overhead, the queue overhead
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from predictor.bench_sr import sr_section
 from predictor.codec import ENCODERS, decode_image, encode_image
 from predictor.config import FetchLimits
 from predictor.engines import load_engine
@@ -370,6 +371,8 @@ def main() -> None:
     print(server_overhead(source), "\n")
     print("## sr fidelity: ×2 round trip on scikit-image photos\n")
     print(fidelity_table(engine), "\n")
+    print("## sr engine: execution paths against today's and ncnn's (predictor/bench_sr.py)\n")
+    print(sr_section(), "\n")
     print("## LoRA swaps\n")
     print(lora_section(), "\n")
     with local_server("--gpu-hourly-usd", str(BENCH_HOURLY_USD)) as (url, log_path):
