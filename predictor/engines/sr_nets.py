@@ -161,7 +161,9 @@ def float32_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     The layers that read pixels and write pixels are cheap (3 channels on one side) but see
     bf16's 8-bit mantissa directly: a bf16 output near 1.0 is only good to half an 8-bit level.
     """
-    with torch.autocast(x.device.type, enabled=False):
+    if not torch.is_autocast_enabled("cpu"):  # the sr engine autocasts on the CPU only
+        return layer(x)
+    with torch.autocast("cpu", enabled=False):
         return layer(x.float())
 
 
