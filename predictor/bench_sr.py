@@ -49,10 +49,12 @@ def photo(name: str) -> Image.Image:
     return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
 
 
-def best_of(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+def best_of(
+    fns: dict[str, Callable[[], object]], rounds: int, warm_up: bool = True
+) -> dict[str, float]:
     """Seconds per call, best of ``rounds``, the calls interleaved round by round (after one
-    warm-up each)."""
-    for fn in fns.values():
+    warm-up each unless ``warm_up`` is false)."""
+    for fn in fns.values() if warm_up else ():
         fn()
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
@@ -227,7 +229,7 @@ def whole_image_table(
             compute[key] = min(compute.get(key, float("inf")), timed.seconds)
 
         fns = {key: (lambda path=path, key=key: run(path, key)) for key, path in paths.items()}
-        times = best_of(fns, rounds)
+        times = best_of(fns, rounds, warm_up=False)  # the tile table warmed every path up
         engine.use_path(chosen[model])
         bare = compute.get("ncnn", float("nan"))
         rows.append(
