@@ -32,7 +32,7 @@ from .cpu_paths import (
     choose_threads,
     usable_cpus,
 )
-from .ncnn import NcnnModel, load_model
+from .ncnn import load_model
 from .sr_nets import RRDBNet, UpConv7
 from .tiling import TileFn, count_tiles, upscale_tiled
 
@@ -114,7 +114,8 @@ def _torch_tile_fn(fn: TileFn, path: SRPath) -> TileFn:
 class NcnnTileFn:
     """The ncnn runtime on the shipped .param/.bin, as a tile function (float32 throughout)."""
 
-    def __init__(self, param: Path, graph: NcnnModel, threads: int) -> None:
+    def __init__(self, param: Path, blobs: tuple[str, str], threads: int) -> None:
+        """``blobs``: the graph's input and output blob names."""
         import ncnn  # optional: only this backend needs it
 
         self._ncnn = ncnn
@@ -126,8 +127,7 @@ class NcnnTileFn:
         opt.use_bf16_storage = False
         if self.net.load_param(str(param)) or self.net.load_model(str(param.with_suffix(".bin"))):
             raise ValueError(f"ncnn could not load {param}")
-        self.input = graph.of_type("Input")[0].outputs[0]
-        self.output = graph.layers[-1].outputs[0]
+        self.input, self.output = blobs
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
         results = []
@@ -199,11 +199,13 @@ class SREngine(Engine):
             self.param_path = folder / f"WAIFU2X_PHOTO_UP2X{suffix}.param"
         else:
             self.param_path = folder / "REALESRGAN_X4PLUS_UP4X.param"
-        self.graph = load_model(self.param_path)
+        graph = load_model(self.param_path)
         # the torch module also checks the graph's geometry, which the tiling relies on
         self.net: UpConv7 | RRDBNet = (
-            UpConv7.from_ncnn(self.graph) if model == "waifu2x" else RRDBNet.from_ncnn(self.graph)
+            UpConv7.from_ncnn(graph) if model == "waifu2x" else RRDBNet.from_ncnn(graph)
         )
+        #: the graph's input and output blobs, for the ncnn backend (the arrays are not kept)
+        self.blobs = (graph.of_type("Input")[0].outputs[0], graph.layers[-1].outputs[0])
         self.net.eval().requires_grad_(False)
         #: input pixels of neighbourhood each tile sees per side (exact for waifu2x's 7)
         self.context = self.net.prepad if model == "waifu2x" else REALESRGAN_CONTEXT
@@ -222,7 +224,7 @@ class SREngine(Engine):
     def use_path(self, path: SRPath) -> None:
         """Run the network on ``path`` from now on (the benchmark compares paths this way)."""
         if path.backend == "ncnn":
-            self._tile_fn: TileFn = NcnnTileFn(self.param_path, self.graph, self.threads)
+            self._tile_fn: TileFn = NcnnTileFn(self.param_path, self.blobs, self.threads)
         else:
             layout = torch.channels_last if path.channels_last else torch.contiguous_format
             self.net.to(memory_format=layout)

@@ -477,8 +477,7 @@ def test_precision_flags_are_validated_and_reach_the_engine() -> None:
             parser.parse_args(bad)
 
 
-def test_engine_reports_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("predictor.engines.sr.ncnn_available", lambda: False, raising=False)
+def test_engine_reports_its_path() -> None:
     engine = SREngine("waifu2x", tile_size=32, cpu=AMX)
     meta = engine.metadata()
     assert meta["sr_path"] == "torch bf16 channels-last" and meta["sr_backend"] == "torch"
