@@ -117,6 +117,17 @@ def _paths() -> list[SRPath]:
     return [TODAY, FP32_CL, BF16_CL, *([NCNN] if ncnn_available() else [])]
 
 
+def path_engines(engine: SREngine) -> dict[str, SREngine]:
+    """One engine per path, each with its own copy of the network: a path's tensor layout is a
+    property of the module's weights, so paths must not share one module while interleaved."""
+    engines = {}
+    for path in _paths():
+        copy_ = SREngine(engine.model, tile_size=engine.tile_size, threads=engine.threads)
+        copy_.use_path(path)
+        engines[path.label] = copy_
+    return engines
+
+
 def _window(engine: SREngine) -> torch.Tensor:
     side = engine.tile_size + 2 * engine.context
     return torch.rand(1, 3, side, side)
@@ -132,19 +143,16 @@ def tile_table(engine: SREngine, chosen: SRPath, peaks: dict[str, float], rounds
         "fp32": matmul(torch.float32),
         "bf16": matmul(torch.bfloat16),
     }
-    for path in _paths():
-        engine.use_path(path)
-        tile_fn = engine._tile_fn
+    for label, copy_ in path_engines(engine).items():
 
-        def run(tile_fn=tile_fn) -> None:
+        def run(tile_fn=copy_._tile_fn) -> None:
             with torch.inference_mode():
                 tile_fn(window)
 
-        fns[path.label] = run
+        fns[label] = run
     times = best_of(fns, rounds)
     for dtype in ("fp32", "bf16"):
         peaks[dtype] = max(peaks.get(dtype, 0.0), 2 * MATMUL_N**3 / times.pop(dtype) / 1e9)
-    engine.use_path(chosen)
     today, peer = times[TODAY.label], times.get(NCNN.label)
     rows = [
         f"{engine.model}, one {window.shape[-1]}² tile ({engine.tile_size} px + "
@@ -222,23 +230,27 @@ def whole_image_table(
     ]
     served_row = ""
     for model, label, image, job in cases:
-        engine = engines[model]
+        by_path = path_engines(engines[model])
         paths = {"today": TODAY, "chosen": chosen[model]}
         if ncnn_available():
             paths["ncnn"] = NCNN
         compute: dict[str, float] = {}  # best bare tile-compute seconds per path
 
-        def run(
-            path: SRPath, key: str, image=image, job=job, engine=engine, compute=compute
-        ) -> None:
-            engine.use_path(path)
-            engine._tile_fn = timed = _TimedTiles(engine._tile_fn)
-            engine.upscale(image, job)
+        def run(key: str, engine: SREngine, image=image, job=job, compute=compute) -> None:
+            tile_fn = engine._tile_fn
+            engine._tile_fn = timed = _TimedTiles(tile_fn)
+            try:
+                engine.upscale(image, job)
+            finally:
+                engine._tile_fn = tile_fn
             compute[key] = min(compute.get(key, float("inf")), timed.seconds)
 
-        fns = {key: (lambda path=path, key=key: run(path, key)) for key, path in paths.items()}
-        times = best_of(fns, rounds, warm_up=False)  # the tile table warmed every path up
-        engine.use_path(chosen[model])
+        fns = {
+            key: (lambda key=key, engine=by_path[path.label]: run(key, engine))
+            for key, path in paths.items()
+        }
+        times = best_of(fns, rounds)
+        del by_path
         bare = compute.get("ncnn", float("nan"))
         rows.append(
             f"| {label} | {times['today']:.2f} s | {times['chosen']:.2f} s "
