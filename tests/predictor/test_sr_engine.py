@@ -571,3 +571,18 @@ def test_tiled_equals_untiled_on_every_path(path: SRPath) -> None:
     tiled = np.asarray(engine.upscale(image, job)).astype(int)
     diff = np.abs(tiled - whole)  # float results that differ in the last bits may round apart
     assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def test_bench_counts_the_networks_flops() -> None:
+    """The sr bench's GFLOP/s rest on this count: waifu2x's six valid 3×3 convs, then the deconv."""
+    from predictor.bench_sr import conv_flops
+
+    net = UpConv7.from_ncnn(load_model(default_models_dir("waifu2x") / "WAIFU2X_PHOTO_UP2X.param"))
+    side, expected = 30, 0
+    for module in net.body:
+        if isinstance(module, torch.nn.Conv2d):
+            side -= 2
+            expected += 2 * side * side * module.in_channels * module.out_channels * 9
+        elif isinstance(module, torch.nn.ConvTranspose2d):
+            expected += 2 * side * side * module.in_channels * module.out_channels * 16
+    assert side == 30 - 2 * 6 and conv_flops(net.body, (1, 3, 30, 30)) == expected
