@@ -12,6 +12,7 @@ from typing import Any
 from predictor.api.auth import load_keys
 from predictor.config import FetchLimits, Settings
 from predictor.engines import ENGINE_NAMES, options_for
+from predictor.engines.cpu_paths import BACKENDS, PRECISIONS
 from predictor.engines.options import (
     DEVICES,
     DTYPES,
@@ -314,7 +315,24 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=_SR.tile_size,
         help="sr engine: input tile side (default: the model's own)",
     )
-    group.add_argument("--threads", type=int, default=_SR.threads, help="torch CPU threads")
+    group.add_argument(
+        "--sr-precision",
+        choices=PRECISIONS,
+        default=_SR.precision,
+        help="sr engine arithmetic; auto: bf16 where the CPU has it natively (AMX, AVX512_BF16)",
+    )
+    group.add_argument(
+        "--sr-backend",
+        choices=BACKENDS,
+        default=_SR.backend,
+        help="sr engine runtime; auto: the fastest measured for the model on this CPU",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=_SR.threads,
+        help="torch CPU threads (default: torch's, capped by the CPU affinity and cgroup quota)",
+    )
     _add_chronoedit_options(parser)
 
 
@@ -425,6 +443,8 @@ def _add_lora_options(parser: argparse.ArgumentParser) -> None:
 #: option name (as OptionError names it) → the flag that sets it
 _FLAG_OF_OPTION = {
     "model": "--sr-model",
+    "precision": "--sr-precision",
+    "backend": "--sr-backend",
     "loras.max_rank": "--lora-max-rank",
     "loras.max_bytes": "--max-lora-mb",
     "loras.cache_bytes": "--lora-cache-mb",
@@ -466,7 +486,12 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                 loras=lora_settings(args),
             )
         return options_for(
-            args.engine, model=args.sr_model, tile_size=args.tile_size, threads=args.threads
+            args.engine,
+            model=args.sr_model,
+            tile_size=args.tile_size,
+            threads=args.threads,
+            precision=args.sr_precision,
+            backend=args.sr_backend,
         )
     except OptionError as exc:
         option = str(exc).split(" ", 1)[0]

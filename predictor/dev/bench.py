@@ -1,5 +1,5 @@
-"""``make bench``: per-stage timings, encoder choices, server overhead, sr fidelity, LoRA swaps,
-queue overhead and a short load run.
+"""``make bench``: per-stage timings, encoder choices, server overhead, sr fidelity, the sr
+engine's execution paths, LoRA swaps, queue overhead and a short load run.
 
 Prints markdown tables (paste them into docs/benchmarks.md with the machine they ran on).
 Stages are timed with the same functions the server runs; the server overhead, the queue overhead
@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import importlib
 import importlib.util
 import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +32,8 @@ from PIL import Image
 
 from predictor.codec import ENCODERS, decode_image, encode_image
 from predictor.config import FetchLimits
+from predictor.dev.bench_sr import sr_section
+from predictor.dev.local_server import local_server
 from predictor.dev.quality import roundtrip_psnr
 from predictor.engines import SROptions, load_engine
 from predictor.engines.base import EngineJob
@@ -117,34 +117,6 @@ def _last_stage_log(log_path: Path) -> dict[str, float]:
 
 #: the journey's own stages; the rest of the wall time is HTTP, KServe, JSON and the download
 JOURNEY_STAGES = ("fetch", "queue", "decode", "inference", "encode")
-
-
-@contextlib.contextmanager
-def local_server(*flags: str) -> Iterator[tuple[str, Path]]:
-    """``chrono-upscaler serve`` on a free loopback port, ready: (its URL, its log file)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log_path = Path(tempfile.mkdtemp()) / "server.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "predictor", "serve", "--port", str(port), *flags],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/v1/models/chrono-upscaler", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        yield url, log_path
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def server_overhead(source: Image.Image, repeats: int = 5) -> str:
@@ -363,6 +335,8 @@ def main() -> None:
     print(server_overhead(source), "\n")
     print("## sr fidelity: ×2 round trip on scikit-image photos\n")
     print(fidelity_table(engine), "\n")
+    print("## sr engine: execution paths against today's and ncnn's (predictor/dev/bench_sr.py)\n")
+    print(sr_section(), "\n")
     print("## LoRA swaps\n")
     print(lora_section(), "\n")
     with local_server("--gpu-hourly-usd", str(BENCH_HOURLY_USD)) as (url, log_path):

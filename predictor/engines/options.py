@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from predictor.engines.blend import DEFAULT_MAX_PASS_AREA
+from predictor.engines.cpu_paths import BACKENDS, PRECISIONS
 
 MiB = 1024 * 1024
 #: extra LoRAs a request may ask for: the chronoedit engine has this many slots at most
@@ -70,12 +71,22 @@ class SROptions:
     model: SRModel = "waifu2x"
     #: input pixels per tile side (None: the model's own default)
     tile_size: int | None = None
-    #: torch CPU threads (None: torch's default)
+    #: torch CPU threads (None: torch's default, capped by the CPU affinity and cgroup quota)
     threads: int | None = None
+    #: arithmetic: auto (bf16 where the CPU has it natively), bf16 or fp32 (docs/benchmarks.md)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    #: runtime: auto (the fastest measured for the model on this CPU), torch or ncnn
+    backend: Literal["auto", "torch", "ncnn"] = "auto"
 
     def __post_init__(self) -> None:
         if self.model not in SR_MODELS:
             raise OptionError(f"model must be one of {', '.join(SR_MODELS)}, got {self.model!r}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.backend not in BACKENDS:
+            raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         _at_least("tile_size", self.tile_size, 1)
         _at_least("threads", self.threads, 1)
 

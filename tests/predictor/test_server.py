@@ -143,8 +143,9 @@ def test_info_describes_the_deployment(server) -> None:
 
 def test_queue_full_and_health_while_busy(busy_server) -> None:
     """One job at a time and nobody waits: a second request gets 429 while health answers."""
-    # 512² × 4 takes ~10 s on 2 cores, far past the 3 s request budget
-    slow_request = {"image_url": data_uri(encode(photo_crop(512, 512))), "upscale_factor": 4}
+    # 1024² × 4 (80 waifu2x tiles) takes 6 s or more on 2 cores even on the bf16 path (512² × 4
+    # took ~10 s in float32, but ~2 s in bf16), far past the 3 s request budget
+    slow_request = {"image_url": data_uri(encode(photo_crop(1024, 1024))), "upscale_factor": 4}
     results: list[httpx.Response] = []
     before = busy_server.admitted_count()
     worker = threading.Thread(target=lambda: results.append(busy_server.post(slow_request)))

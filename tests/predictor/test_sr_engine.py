@@ -1,4 +1,5 @@
-"""The sr engine: ncnn parsing, weight conversion, tiling, exact sizes and fidelity."""
+"""The sr engine: ncnn parsing, weight conversion, tiling, exact sizes, execution paths
+(precision, backend, threads) and fidelity."""
 
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ from skimage import data as skdata
 from predictor.dev.quality import psnr, roundtrip_psnr
 from predictor.engines import ENGINE_NAMES, SROptions, load_engine, options_for
 from predictor.engines.base import EngineJob
+from predictor.engines.cpu_paths import (
+    CpuCapability,
+    SRPath,
+    cgroup_cpu_limit,
+    choose_path,
+    choose_threads,
+    ncnn_available,
+)
 from predictor.engines.ncnn import NcnnFormatError, NcnnModel, load_model, parse_param
 from predictor.engines.options import OptionError
 from predictor.engines.sr import SREngine, default_models_dir, plan_scale
 from predictor.engines.sr_nets import RRDBNet, UpConv7
 from predictor.engines.tiling import count_tiles, plan_tiles, upscale_tiled
+from predictor.flags import add_engine_options, engine_options
 
 torch.set_num_threads(2)
 
@@ -387,3 +397,197 @@ def test_realesrgan_is_sensible(realesrgan: SREngine) -> None:
     score = psnr(original, out)
     assert score > 24.0  # measured ~27.5 dB (a GAN model trades PSNR for texture)
     assert score > psnr(original, flat) + 8.0
+
+
+# --- execution paths: precision, backend, threads -----------------------------------------
+
+AMX = CpuCapability(frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}), "SPR")
+AVX512_BF16 = CpuCapability(frozenset({"avx512f", "avx512_bf16"}), "Zen 4")
+PLAIN = CpuCapability(frozenset({"avx2", "fma"}), "old")
+
+
+def test_cpu_capability_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx512f avx512_bf16 amx_tile "
+        "amx_bf16\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n"
+    )
+    cpu = CpuCapability.detect(cpuinfo)
+    assert cpu.model_name == "Test CPU" and cpu.amx_bf16 and cpu.native_bf16
+    assert cpu.describe() == "AMX bf16"
+    assert AVX512_BF16.native_bf16 and not AVX512_BF16.amx_bf16
+    assert not PLAIN.native_bf16 and PLAIN.describe() == "no native bf16"
+    assert CpuCapability.detect(tmp_path / "missing") == CpuCapability(frozenset())
+
+
+@pytest.mark.parametrize(
+    ("cpu", "model", "has_ncnn", "expected"),
+    [
+        (AMX, "waifu2x", True, ("torch", "bf16")),
+        (AMX, "realesrgan", True, ("torch", "bf16")),
+        (AVX512_BF16, "waifu2x", True, ("ncnn", "fp32")),
+        (AVX512_BF16, "waifu2x", False, ("torch", "bf16")),
+        (AVX512_BF16, "realesrgan", True, ("torch", "bf16")),
+        (PLAIN, "waifu2x", True, ("ncnn", "fp32")),
+        (PLAIN, "waifu2x", False, ("torch", "fp32")),
+        (PLAIN, "realesrgan", True, ("torch", "fp32")),
+    ],
+)
+def test_auto_path_follows_the_documented_table(
+    cpu: CpuCapability, model: str, has_ncnn: bool, expected: tuple[str, str]
+) -> None:
+    path = choose_path(model, cpu=cpu, has_ncnn=has_ncnn)
+    assert (path.backend, path.precision) == expected
+    assert path.channels_last == (path.backend == "torch")
+    assert path.reason.startswith("auto") and cpu.describe() in path.reason
+    if cpu is not AMX and model == "waifu2x" and not has_ncnn:
+        assert "ncnn not installed" in path.reason
+
+
+def test_path_overrides_and_validation() -> None:
+    forced = choose_path("waifu2x", "bf16", cpu=PLAIN, has_ncnn=True)
+    assert (forced.backend, forced.precision) == ("torch", "bf16") and "emulated" in forced.reason
+    assert choose_path("waifu2x", "fp32", cpu=AMX, has_ncnn=True).backend == "ncnn"
+    assert choose_path("realesrgan", "fp32", cpu=AMX, has_ncnn=True).label == (
+        "torch fp32 channels-last"
+    )
+    assert choose_path("waifu2x", backend="torch", cpu=AVX512_BF16, has_ncnn=True).label == (
+        "torch bf16 channels-last"
+    )
+    assert choose_path("realesrgan", backend="ncnn", cpu=AMX, has_ncnn=True).label == "ncnn fp32"
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        choose_path("waifu2x", "fp16", cpu=AMX, has_ncnn=True)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        choose_path("waifu2x", backend="onnx", cpu=AMX, has_ncnn=True)
+    with pytest.raises(ValueError, match="runs float32 only"):
+        choose_path("waifu2x", "bf16", "ncnn", cpu=AMX, has_ncnn=True)
+    with pytest.raises(ValueError, match="needs the ncnn package"):
+        choose_path("waifu2x", backend="ncnn", cpu=AMX, has_ncnn=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SREngine("waifu2x", precision="half")
+
+
+def test_precision_flags_are_validated_and_reach_the_engine() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    args = parser.parse_args(["--sr-precision", "fp32", "--sr-backend", "torch"])
+    assert engine_options(args) == SROptions(precision="fp32", backend="torch")
+    assert engine_options(parser.parse_args([])) == SROptions()
+    with pytest.raises(OptionError, match="precision must be one of auto, bf16, fp32"):
+        SROptions(precision="half")  # type: ignore[arg-type]
+    for bad in (["--sr-precision", "fp16"], ["--sr-backend", "onnx"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def test_engine_reports_its_path() -> None:
+    engine = SREngine("waifu2x", tile_size=32, cpu=AMX)
+    meta = engine.metadata()
+    assert meta["sr_path"] == "torch bf16 channels-last" and meta["sr_backend"] == "torch"
+    assert meta["cpu_bf16"] == "AMX bf16" and "AMX" in str(meta["sr_path_reason"])
+    assert meta["threads"] == torch.get_num_threads() and meta["tile_size"] == 32
+    plain = SREngine("realesrgan", cpu=PLAIN)
+    assert plain.metadata()["sr_path"] == "torch fp32 channels-last"
+
+
+def test_cgroup_cpu_limit(tmp_path: Path) -> None:
+    cpu_max, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    missing = tmp_path / "none"
+    cpu_max.write_text("250000 100000\n")
+    assert cgroup_cpu_limit(cpu_max, missing, missing) == 2.5
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpu_limit(cpu_max, missing, missing) is None
+    quota.write_text("50000\n")
+    period.write_text("100000\n")
+    assert cgroup_cpu_limit(missing, quota, period) == 0.5  # cgroup v1
+    quota.write_text("-1\n")
+    assert cgroup_cpu_limit(missing, quota, period) is None
+    assert cgroup_cpu_limit(missing, missing, missing) is None
+
+
+def test_threads_honour_the_quota() -> None:
+    assert choose_threads(None, 64, 64, 2.0)[0] == 2  # a 2-CPU pod on a 64-core node
+    assert choose_threads(None, 64, 64, 2.5)[0] == 3
+    assert choose_threads(None, 64, 64, 0.25)[0] == 1
+    assert choose_threads(None, 8, 4, None)[0] == 4  # affinity mask
+    threads, why = choose_threads(None, 2, 2, 16.0)
+    assert threads == 2 and "quota 16" in why
+    assert choose_threads(6, 2, 2, 1.0) == (6, "asked for (--threads)")
+    with pytest.raises(ValueError):
+        choose_threads(0, 2, 2, None)
+
+
+#: tolerances against the float32 NCHW result, in 8-bit levels: (largest, mean). Measured on
+#: these crops (Xeon with AMX): fp32 channels-last and ncnn 1 / 0.0001 (rounding ties); bf16
+#: waifu2x 2 / 0.42, Real-ESRGAN 2 / 0.16 (its first and last convolutions stay float32).
+PATH_TOLERANCE = {
+    "torch fp32 channels-last": (1, 0.001),
+    "ncnn fp32": (1, 0.001),
+    "torch bf16 channels-last": (4, 0.6),
+}
+PATHS = [
+    SRPath("torch", "fp32", True, "test"),
+    SRPath("torch", "bf16", True, "test"),
+    pytest.param(
+        SRPath("ncnn", "fp32", False, "test"),
+        marks=pytest.mark.skipif(not ncnn_available(), reason="ncnn is not installed"),
+    ),
+]
+
+
+def _path_difference(engine: SREngine, image: Image.Image, job: EngineJob, path: SRPath):
+    engine.use_path(SRPath("torch", "fp32", False, "reference"))
+    reference = np.asarray(engine.upscale(image, job)).astype(int)
+    engine.use_path(path)
+    diff = np.abs(np.asarray(engine.upscale(image, job)).astype(int) - reference)
+    return diff.max(), diff.mean()
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.label)
+def test_waifu2x_paths_match_fp32_on_a_photo(path: SRPath) -> None:
+    engine = SREngine("waifu2x", tile_size=96, cpu=PLAIN)
+    image = _photo("astronaut").crop((120, 20, 248, 148))  # face and helmet, 128²
+    largest, mean = _path_difference(engine, image, _job(256, 256), path)
+    max_allowed, mean_allowed = PATH_TOLERANCE[path.label]
+    assert largest <= max_allowed and mean <= mean_allowed, (largest, mean)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.label)
+def test_realesrgan_paths_match_fp32_on_a_photo(path: SRPath) -> None:
+    engine = SREngine("realesrgan", cpu=PLAIN)
+    image = _photo("coffee").crop((200, 100, 264, 164))  # 64², one tile
+    largest, mean = _path_difference(engine, image, _job(256, 256), path)
+    max_allowed, mean_allowed = PATH_TOLERANCE[path.label]
+    assert largest <= max_allowed and mean <= mean_allowed, (largest, mean)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.label)
+def test_tiled_equals_untiled_on_every_path(path: SRPath) -> None:
+    """waifu2x's context covers its receptive field, so tiles match one whole-image tile."""
+    engine = SREngine("waifu2x", cpu=PLAIN)
+    engine.use_path(path)
+    image = _photo("chelsea").crop((150, 60, 251, 150))  # 101 x 90
+    job = _job(202, 180)
+    engine.tile_size = 512
+    whole = np.asarray(engine.upscale(image, job)).astype(int)
+    engine.tile_size = 40
+    tiled = np.asarray(engine.upscale(image, job)).astype(int)
+    diff = np.abs(tiled - whole)  # float results that differ in the last bits may round apart
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def test_bench_counts_the_networks_flops() -> None:
+    """The sr bench's GFLOP/s rest on this count: waifu2x's six valid 3×3 convs, then the deconv."""
+    from predictor.dev.bench_sr import conv_flops
+
+    net = UpConv7.from_ncnn(load_model(default_models_dir("waifu2x") / "WAIFU2X_PHOTO_UP2X.param"))
+    side, expected = 30, 0
+    for module in net.body:
+        if isinstance(module, torch.nn.Conv2d):
+            side -= 2
+            expected += 2 * side * side * module.in_channels * module.out_channels * 9
+        elif isinstance(module, torch.nn.ConvTranspose2d):
+            expected += 2 * side * side * module.in_channels * module.out_channels * 16
+    assert side == 30 - 2 * 6 and conv_flops(net.body, (1, 3, 30, 30)) == expected
