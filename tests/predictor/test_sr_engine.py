@@ -591,3 +591,24 @@ def test_bench_counts_the_networks_flops() -> None:
         elif isinstance(module, torch.nn.ConvTranspose2d):
             expected += 2 * side * side * module.in_channels * module.out_channels * 16
     assert side == 30 - 2 * 6 and conv_flops(net.body, (1, 3, 30, 30)) == expected
+
+
+def test_dense_blocks_concatenate_in_the_autocast_dtype_with_identical_results(
+    realesrgan: SREngine,
+) -> None:
+    """The bf16 path's dense blocks stack their features in bf16 (the speed-up), which must give
+    exactly what stacking in float32 and letting each conv cast gives."""
+    import torch.nn.functional as F
+
+    block = realesrgan.net.trunk[0].blocks[0]
+    x = torch.rand(1, 64, 24, 24).contiguous(memory_format=torch.channels_last)
+
+    def float32_stack(x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for conv in block.convs[:-1]:
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), block.slope))
+        return block.convs[-1](torch.cat(feats, 1)) * block.res_scale + x
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(block(x), float32_stack(x))
+        assert block(x).dtype == torch.float32  # the residual keeps x's precision
