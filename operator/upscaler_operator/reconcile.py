@@ -248,8 +248,9 @@ class Reconciler:
             isvc=isvc,
             isvc_name=isvc_ref.name or "",
         )
-        self._write_status(owner, body.get("status"), status)
+        # the gauge first: whoever sees the new status then finds the cost series agreeing
         self.metrics.set_cost(owner.namespace, owner.name, status["estimatedHourlyCostUsd"])
+        self._write_status(owner, body.get("status"), status)
         if result.failure is not None:
             raise ReconcileFailed(result.failure)
         waiting = result.blocked is not None or (
