@@ -239,7 +239,8 @@ def test_busy_queue_position_cancel_and_progress(browser, busy_server, photo) ->
     """429 with its Retry-After, the queue position while waiting, the page's Cancel button,
     then live tile progress once the worker is free."""
     submit_url = f"{busy_server.url}/queue/fal-ai/chrono-edit-lora-gallery/upscaler"
-    slow = {"image_url": data_uri(encode(photo_crop(640, 640))), "sync_mode": True}
+    # seconds of work even on the bf16 path: the page's own request must find no room
+    slow = {"image_url": data_uri(encode(photo_crop(1280, 1280))), "sync_mode": True}
     before = busy_server.admitted_count()
     running = httpx.post(submit_url, json=slow, timeout=30).json()
     busy_server.wait_admitted(before + 1)  # it holds the only worker now

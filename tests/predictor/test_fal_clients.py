@@ -131,10 +131,13 @@ def test_fal_client_submit_status_get(tls_server) -> None:
 
 
 def test_fal_client_subscribe_sees_queue_progress_and_logs(tls_server) -> None:
-    # keep the only worker busy so the subscribed request is seen waiting first
-    busy = threading.Thread(target=lambda: tls_server_post(tls_server, photo(320, 320)))
+    # keep the only worker busy so the subscribed request is seen waiting first (seconds of
+    # work even on the bf16 path, longer than the client takes to start)
+    busy_payload, before = photo(960, 960), tls_server.admitted_count()
+    busy = threading.Thread(target=lambda: tls_server_post(tls_server, busy_payload))
     busy.start()
     try:
+        tls_server.wait_admitted(before + 1)
         out = python_client(tls_server, "subscribe", photo(256, 256))
     finally:
         busy.join(timeout=120)
@@ -158,14 +161,14 @@ def tls_server_post(srv, payload: dict) -> None:
 
 
 def test_fal_client_cancel_waiting_and_running(tls_server) -> None:
-    out = python_client(tls_server, "cancel", {"long": photo(512, 512), "short": photo(32, 32)})
+    out = python_client(tls_server, "cancel", {"long": photo(1024, 1024), "short": photo(32, 32)})
     assert out["waiting_before"] == ["Queued", 0]
     for name in ("waiting", "running"):
         assert out[name]["status"] == "Completed"
         assert out[name]["error_type"] == "request_cancelled"
         assert out[name]["get"] == {"status": 400, "error_type": "request_cancelled"}
     tiles = [m for m in out["running"]["logs"] if m.startswith("tile ")]
-    assert tiles and tiles[-1] != "tile 64/64", "the running request stopped early"
+    assert tiles and tiles[-1] != "tile 256/256", "the running request stopped early"
     assert out["after"]["images"][0]["width"] == 64
     assert out["cancel_again"] == 400
 

@@ -116,8 +116,9 @@ def small(**fields) -> dict:
     return {"image_url": data_uri(encode(photo_crop(48, 32))), **fields}
 
 
-def long(side: int = 480) -> dict:
-    """Many 64 px tiles: seconds of engine work, cancellable between tiles."""
+def long(side: int = 960) -> dict:
+    """Many 64 px tiles: seconds of engine work even on the bf16 path, cancellable between
+    tiles."""
     return {"image_url": data_uri(encode(photo_crop(side, side))), "sync_mode": True}
 
 
@@ -273,7 +274,7 @@ def test_a_stopping_replica_hands_its_running_request_back(tmp_path, redis_url) 
     # no grace: the running request is handed back at once (with a grace, only if unfinished)
     leaving = replica(tmp_path, redis_url, "term", "--shutdown-grace", "0")
     try:
-        handle = submit(leaving, long(256))
+        handle = submit(leaving, long(768))
         wait_logged(leaving, handle["request_id"], "tile ")
         leaving.process.send_signal(signal.SIGTERM)
         assert leaving.process.wait(timeout=30) is not None

@@ -98,8 +98,9 @@ def small_request(**fields) -> dict:
 
 
 def long_request() -> dict:
-    """About 40 tiles of 64 px: a few seconds of engine work, cancellable between tiles."""
-    return {"image_url": data_uri(encode(photo_crop(400, 400))), "sync_mode": True}
+    """About 200 tiles of 64 px: seconds of engine work even on the bf16 path, cancellable
+    between tiles."""
+    return {"image_url": data_uri(encode(photo_crop(900, 900))), "sync_mode": True}
 
 
 def test_queue_submit_status_logs_result(queue_server) -> None:
