@@ -226,3 +226,22 @@ def outcome_log(outcome: Outcome) -> dict[str, str]:
     if outcome.failed:
         return log_line(f"failed: {outcome.body.get('error_type')}", "ERROR")
     return log_line("completed")
+
+
+class LogLineObserver(JobObserver):
+    """The journey's events as fal-style log lines; subclasses decide where a line goes.
+
+    Called on the engine's worker thread, so :meth:`add` must be thread-safe.
+    """
+
+    def add(self, line: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def started(self) -> None:
+        self.add(log_line("started on an engine worker"))
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        self.add(log_line(f"{unit} {done}/{total}"))
+
+    def log(self, message: str) -> None:
+        self.add(log_line(message))

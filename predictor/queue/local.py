@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from predictor.journey import JobObserver
 from predictor.queue.base import (
     CANCELLED_OUTCOME,
     MAX_LOGS,
     CancelOutcome,
+    LogLineObserver,
     Outcome,
     QueueBackend,
     QueueState,
@@ -54,25 +54,6 @@ class _Entry:
         """Wake every waiter (on the event loop's thread)."""
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
-
-
-class LogLineObserver(JobObserver):
-    """The journey's events as fal-style log lines; subclasses decide where a line goes.
-
-    Called on the engine's worker thread, so :meth:`add` must be thread-safe.
-    """
-
-    def add(self, line: dict[str, str]) -> None:
-        raise NotImplementedError
-
-    def started(self) -> None:
-        self.add(log_line("started on an engine worker"))
-
-    def progress(self, done: int, total: int, unit: str) -> None:
-        self.add(log_line(f"{unit} {done}/{total}"))
-
-    def log(self, message: str) -> None:
-        self.add(log_line(message))
 
 
 class _LocalObserver(LogLineObserver):

@@ -36,6 +36,7 @@ from predictor.queue.base import (
     CANCELLED_OUTCOME,
     MAX_LOGS,
     CancelOutcome,
+    LogLineObserver,
     Outcome,
     QueueBackend,
     QueueState,
@@ -45,7 +46,6 @@ from predictor.queue.base import (
     run_job,
     stopped_by_shutdown,
 )
-from predictor.queue.local import LogLineObserver
 from predictor.schema import UpscaleRequest
 from predictor.workers import Admission
 
