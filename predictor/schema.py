@@ -14,6 +14,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from predictor.engines.options import MAX_LORAS
 
 APP_ID = "fal-ai/chrono-edit-lora-gallery/upscaler"
+#: fal's queue also answers a request's routes under the app's owner/alias
+OWNER_ALIAS = "/".join(APP_ID.split("/")[:2])  # fal-ai/chrono-edit-lora-gallery
 #: numbers are JSON numbers: finite (no NaN, Infinity, 1e309) and never booleans or strings
 NUMBER = {"strict": True, "allow_inf_nan": False}
 

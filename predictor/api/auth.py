@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from predictor.api.access import is_guarded
 from predictor.api.errors import error_response
 from predictor.errors import RequestFailed
 
 ENV_VAR = "UPSCALER_API_KEYS"
-#: the routes that run or change something (api/kserve_routes.py decides each route's access)
-_PROTECTED = re.compile(
-    r"^/(fal-ai/|queue/|api/fal/proxy$|v1/models/[^/]+:(predict|explain)$"
-    r"|v2/models/[^/]+(/versions/[^/]+)?/infer$|v2/repository/)"
-)
 
 
 def load_keys(path: Path | None = None, env: str | None = None) -> frozenset[str]:
@@ -42,7 +37,8 @@ def load_keys(path: Path | None = None, env: str | None = None) -> frozenset[str
 
 
 def is_protected(path: str) -> bool:
-    return _PROTECTED.match(path) is not None
+    """Routes that run or change something (:data:`predictor.api.access.ROUTES` decides)."""
+    return is_guarded(path)
 
 
 def key_matches(header: str | None, keys: Iterable[str]) -> bool:

@@ -126,7 +126,6 @@ class KServeErrorBody(BaseModel):
     error: str
 
 
-KSERVE_ERROR = KServeErrorBody
 #: what the routes that take a request body can answer besides success (documented once)
 INPUT_ERRORS: dict[int, Any] = {
     400: ErrorBody,

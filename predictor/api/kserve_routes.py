@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,60 +33,16 @@ from kserve.protocol.rest.v2_datamodels import (
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.routing import BaseRoute
 
+from predictor.api.access import V1, V2
 from predictor.api.errors import (
     INPUT_ERRORS,
-    KSERVE_ERROR,
     REQUEST_ERRORS,
+    KServeErrorBody,
     body_not_json,
     openapi_responses,
 )
 from predictor.api.kserve_model import UpscalerModel
 from predictor.errors import not_ready
-
-
-class Access(StrEnum):
-    OPEN = "open"  # anyone: probes, metrics, the document, output files, the playground
-    KEY = "key"  # runs or changes something: needs a key when keys are configured
-    CONTROL = "control"  # only with --enable-model-control, and then behind the key
-
-
-V1 = "/v1/models/{model_name}"
-V2 = "/v2/models/{model_name}"
-#: (method, path) → who may call it; our routes are here too, so the table is the whole port.
-#: Not here, so never served: KServe's /v2 server metadata, v2 model metadata and v2 infer.
-ROUTES: dict[tuple[str, str], Access] = {
-    # ours (api/routes.py, api/queue_routes.py, the playground)
-    ("POST", "/fal-ai/chrono-edit-lora-gallery/upscaler"): Access.KEY,
-    ("POST", "/queue/fal-ai/chrono-edit-lora-gallery/upscaler"): Access.KEY,
-    **{
-        (method, f"/queue/{app}/requests/{{request_id}}{tail}"): Access.KEY
-        for app in ("fal-ai/chrono-edit-lora-gallery", "fal-ai/chrono-edit-lora-gallery/upscaler")
-        for method, tail in (
-            ("GET", "/status"),
-            ("GET", "/status/stream"),
-            ("GET", ""),
-            ("PUT", "/cancel"),
-        )
-    },
-    ("GET", "/files/{file_name}"): Access.OPEN,
-    ("GET", "/info"): Access.OPEN,
-    ("GET", "/playground"): Access.OPEN,
-    ("GET", "/playground/{name}"): Access.OPEN,
-    ("GET", "/openapi.json"): Access.OPEN,
-    # KServe's, deliberately exposed: probes, readiness, metrics, and v1 predict (ours)
-    ("GET", "/"): Access.OPEN,
-    ("GET", "/metrics"): Access.OPEN,
-    ("GET", "/v1/models"): Access.OPEN,
-    ("GET", V1): Access.OPEN,
-    ("POST", V1 + ":predict"): Access.KEY,
-    ("GET", "/v2/health/live"): Access.OPEN,
-    ("GET", "/v2/health/ready"): Access.OPEN,
-    ("GET", V2 + "/ready"): Access.OPEN,
-    # KServe's model control: off unless --enable-model-control
-    ("POST", V1 + ":explain"): Access.CONTROL,
-    ("POST", "/v2/repository/models/{model_name}/load"): Access.CONTROL,
-    ("POST", "/v2/repository/models/{model_name}/unload"): Access.CONTROL,
-}
 
 
 def route_key(route: BaseRoute) -> list[tuple[str, str]]:
@@ -107,7 +62,7 @@ def register_kserve_routes(
     responses each can answer (KServe declares only 200 and 422)."""
     v1 = V1Endpoints(dataplane, repository)
     v2 = V2Endpoints(dataplane, repository)
-    ready_errors = {404: KSERVE_ERROR, 503: KSERVE_ERROR}
+    ready_errors = {404: KServeErrorBody, 503: KServeErrorBody}
 
     def add(path: str, endpoint, spec: dict, method: str = "GET", **kwargs: Any) -> None:
         tags = ["KServe v2" if path.startswith("/v2") else "KServe"]
@@ -128,7 +83,7 @@ def register_kserve_routes(
     add("/v1/models", v1.models, {200: "the model names"})
     add(V1, v1.model_ready, {200: "ready", **ready_errors})
     add("/v2/health/live", v2.live, {}, response_model=ServerLiveResponse)
-    add("/v2/health/ready", v2.ready, {503: KSERVE_ERROR}, response_model=ServerReadyResponse)
+    add("/v2/health/ready", v2.ready, {503: KServeErrorBody}, response_model=ServerReadyResponse)
 
     async def model_ready(model_name: str) -> ModelReadyResponse:
         """v2 model readiness, without KServe's ``model_version`` (a 501 for any value)."""
@@ -136,7 +91,12 @@ def register_kserve_routes(
 
     add(V2 + "/ready", model_ready, ready_errors, response_model=ModelReadyResponse)
     if enable_model_control:
-        control_errors = {400: KSERVE_ERROR, 500: KSERVE_ERROR, 501: KSERVE_ERROR, **ready_errors}
+        control_errors = {
+            400: KServeErrorBody,
+            500: KServeErrorBody,
+            501: KServeErrorBody,
+            **ready_errors,
+        }
         add(V1 + ":explain", v1.explain, control_errors, "POST", response_model=None)
         for action in ("load", "unload"):
             path = f"/v2/repository/models/{{model_name}}/{action}"
@@ -154,8 +114,8 @@ def mount_v1_predict(app: FastAPI, get_model: Callable[[], UpscalerModel | None]
         responses=openapi_responses(
             {
                 200: '{"predictions": [<fal response>, ...]}',
-                400: KSERVE_ERROR,
-                404: KSERVE_ERROR,
+                400: KServeErrorBody,
+                404: KServeErrorBody,
                 **INPUT_ERRORS,
                 **REQUEST_ERRORS,
             }

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AnyHttpUrl, BaseModel, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from predictor.api.access import PROXY_PATH
 from predictor.api.errors import (
     INPUT_ERRORS,
     REQUEST_ERRORS,
@@ -24,13 +25,12 @@ from predictor.api.errors import (
     public_error,
 )
 from predictor.errors import InputError, RequestFailed, ValidationFailed, not_ready
-from predictor.queue.base import OWNER_ALIAS, CancelOutcome, QueueBackend, Status, queue_urls
+from predictor.queue.base import CancelOutcome, QueueBackend, Status, queue_urls
 from predictor.queue.webhooks import check_webhook_url
-from predictor.schema import APP_ID, UpscaleRequest, UpscaleResponse
+from predictor.schema import APP_ID, OWNER_ALIAS, UpscaleRequest, UpscaleResponse
 from predictor.telemetry import REQUEST_ID_HEADER, current_record
 
 QUEUE_SUBMIT_PATH = f"/queue/{APP_ID}"
-PROXY_PATH = "/api/fal/proxy"
 _WEBHOOK_URL = TypeAdapter(AnyHttpUrl)
 
 

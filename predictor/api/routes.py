@@ -47,9 +47,7 @@ def is_sync_upscale_route(method: str, path: str) -> bool:
 
 def is_upscale_route(method: str, path: str) -> bool:
     """The routes whose requests are upscaling requests (counted, timed, given an id)."""
-    return method == "POST" and (
-        path in (FAL_PATH, f"/queue{FAL_PATH}") or _V1_PREDICT.match(path) is not None
-    )
+    return is_sync_upscale_route(method, path) or (method == "POST" and path == f"/queue{FAL_PATH}")
 
 
 class BodyLimitMiddleware:

@@ -21,7 +21,7 @@ from typing import Any
 
 from predictor.errors import SHUTTING_DOWN, UpscaleError, error_message, internal_error
 from predictor.journey import JobObserver, Upscaler, check_supported
-from predictor.schema import APP_ID, UpscaleRequest
+from predictor.schema import OWNER_ALIAS, UpscaleRequest
 from predictor.telemetry import RequestRecord
 from predictor.workers import Admission
 
@@ -29,7 +29,6 @@ log = logging.getLogger("predictor.queue")
 
 #: how many log lines one request keeps (a 4× tiled render reports many steps)
 MAX_LOGS = 500
-OWNER_ALIAS = "/".join(APP_ID.split("/")[:2])  # fal-ai/chrono-edit-lora-gallery
 CANCELLED = {
     "detail": "The request was cancelled before it finished.",
     "error_type": "request_cancelled",

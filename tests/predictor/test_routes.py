@@ -14,8 +14,9 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
 
+from predictor.api.access import ROUTES, Access
 from predictor.api.auth import is_protected
-from predictor.api.kserve_routes import ROUTES, Access, register_kserve_routes, route_key
+from predictor.api.kserve_routes import register_kserve_routes, route_key
 from predictor.config import Settings
 from predictor.server import mount_routes
 from tests.conftest import start_server, stop_server
