@@ -14,6 +14,9 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from predictor.errors import CLIENT_DISCONNECTED
+from predictor.workers import CANCELLED, SHUTDOWN, TIMEOUT
+
 #: stages a request's time is split into; ``total`` is the whole HTTP request (or queue job)
 STAGES = ("fetch", "decode", "inference", "encode", "total")
 #: the fixed outcome set; every request lands in exactly one
@@ -21,7 +24,7 @@ OUTCOMES = (
     "ok", "client_error", "server_error", "rejected", "timeout", "cancelled", "client_disconnected"
 )  # fmt: skip
 #: why a job was stopped before it finished (the labels of the abandoned-work counters)
-ABANDON_REASONS = ("client_disconnected", "timeout", "cancelled", "shutdown")
+ABANDON_REASONS = (CLIENT_DISCONNECTED, TIMEOUT, CANCELLED, SHUTDOWN)
 
 #: fal's list price for this endpoint, in cents per image: up to the 480p tier, and above it.
 #: The tier is defined by output pixels: 854×480 (480p at 16:9) = 409,920 pixels or fewer.
