@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -197,12 +197,17 @@ class WorkerPool:
         """
         admission = admission or self.admit()
         try:
-            await self._race(self.slots.acquire(), deadline, self._closed, "_closed_error")
+            await self._take_slot(deadline)
         finally:
             admission.release()
         self.inflight += 1
         running = _Running(CancelToken(), time.monotonic())
-        future = asyncio.get_running_loop().run_in_executor(self._executor, job, running.token)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, job, running.token)
+        except BaseException:  # the executor is shut down: nothing will run, the slot goes back
+            self.inflight -= 1
+            self.slots.release()
+            raise
         future.add_done_callback(lambda done: self._release(running, done))
         try:
             return await self._race(
@@ -215,23 +220,40 @@ class WorkerPool:
             running.abandon(SHUTDOWN if exc.error_type == SHUTTING_DOWN else TIMEOUT)
             raise
 
+    async def _take_slot(self, deadline: Deadline) -> None:
+        """Wait for a free worker; a request given up meanwhile never keeps one.
+
+        The acquire may complete in the very loop iteration in which the request is cancelled,
+        times out or the pool closes: the waiting side then never sees the slot it got, so the
+        acquire's own completion hands it back. Without this a hung-up client leaked a slot.
+        """
+        acquire = asyncio.ensure_future(self.slots.acquire())
+        try:
+            await self._race(acquire, deadline, self._closed, "_closed_error")
+        except BaseException:  # (acquire is cancelled: a grant not yet seen is undone by asyncio)
+            acquire.add_done_callback(self._return_unused_slot)
+            raise
+
+    def _return_unused_slot(self, acquire: asyncio.Future) -> None:
+        if not acquire.cancelled() and acquire.exception() is None:
+            self.slots.release()
+
     async def _race(
-        self, awaitable: Awaitable[T], deadline: Deadline, abort: asyncio.Event | None, error: str
+        self, task: asyncio.Future[T], deadline: Deadline, abort: asyncio.Event | None, error: str
     ) -> T:
-        """``awaitable``'s result, or the deadline's 504, or ``self.<error>`` once ``abort`` is
-        set (the pool closing or stopping)."""
+        """``task``'s result, or the deadline's 504, or ``self.<error>`` once ``abort`` is set
+        (the pool closing or stopping). ``task`` is cancelled whenever its result is not returned.
+        """
         if getattr(self, error) is not None:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
+            task.cancel()
             raise getattr(self, error)
-        task = asyncio.ensure_future(awaitable)
         assert abort is not None
         aborted = asyncio.ensure_future(abort.wait())
         try:
             done, _ = await asyncio.wait(
                 {task, aborted}, timeout=deadline.remaining(), return_when=FIRST_COMPLETED
             )
-        except asyncio.CancelledError:
+        except BaseException:
             task.cancel()
             raise
         finally:

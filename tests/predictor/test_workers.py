@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -174,5 +175,28 @@ def test_a_cancelled_request_names_its_reason() -> None:
         assert len(ticks) < 400
         assert [reason for reason, _, _ in abandoned] == ["client_disconnected"]
         pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_request_cancelled_as_its_slot_is_granted_gives_the_slot_back() -> None:
+    """The wedge: cancelled in the loop iteration its acquire completed, a request kept the slot."""
+
+    async def main() -> None:
+        for spins in range(6):  # cancel at every point around the grant
+            pool = WorkerPool(1, 16)
+            task = asyncio.ensure_future(pool.run(lambda token: "done", Deadline.after(30)))
+            for _ in range(spins):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if pool.slots._value == 1 and pool.inflight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert (pool.slots._value, pool.inflight, pool.waiting) == (1, 0, 0), spins
+            assert await pool.run(lambda token: "next", Deadline.after(1)) == "next"
+            pool.shutdown()
 
     asyncio.run(main())
