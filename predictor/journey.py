@@ -145,7 +145,12 @@ class Upscaler:
         self.pool = WorkerPool(
             settings.max_inflight, settings.max_waiting, on_abandoned=self.telemetry.count_abandoned
         )
-        metrics.watch_pool(lambda: self.pool.waiting, lambda: self.pool.inflight)
+        metrics.watch_pool(
+            self.pool.max_inflight,
+            lambda: self.pool.waiting,
+            lambda: self.pool.inflight,
+            self.pool.free_slots,
+        )
 
     def deadline(self) -> Deadline:
         """``--request-timeout`` from now: one request's deadline, whatever it runs."""

@@ -80,6 +80,11 @@ REQUESTS = Counter(
 )
 QUEUE_DEPTH = Gauge("upscaler_queue_depth", "Requests waiting for an engine worker.")
 INFLIGHT = Gauge("upscaler_inflight_requests", "Requests running on an engine worker now.")
+WORKER_SLOTS = Gauge("upscaler_worker_slots", "Engine workers (--max-inflight).")
+WORKER_SLOTS_FREE = Gauge(
+    "upscaler_worker_slots_free",
+    "Engine workers no job holds. Slots minus free minus running above 0 is a leaked slot.",
+)
 OUTPUT_MEGAPIXELS = Counter(
     "upscaler_output_megapixels", "Output megapixels delivered.", ("engine",)
 )
@@ -170,7 +175,14 @@ def start_series(engine: str) -> None:
         SAVED_ENGINE_SECONDS.labels(engine, reason)
 
 
-def watch_pool(waiting: Callable[[], float], inflight: Callable[[], float]) -> None:
-    """Read the queue gauges from the live worker pool at scrape time."""
+def watch_pool(
+    size: int,
+    waiting: Callable[[], float],
+    inflight: Callable[[], float],
+    free: Callable[[], float],
+) -> None:
+    """Read the queue and slot gauges from the live worker pool at scrape time."""
+    WORKER_SLOTS.set(size)
     QUEUE_DEPTH.set_function(waiting)
     INFLIGHT.set_function(inflight)
+    WORKER_SLOTS_FREE.set_function(free)

@@ -152,6 +152,14 @@ class WorkerPool:
         """Recent jobs' mean duration (an exponential average)."""
         return self._mean_job_s
 
+    def free_slots(self) -> int:
+        """Slots no job holds (the semaphore's own count): with nothing running, the pool size.
+
+        A slot held with no job running is a leak; the ``UpscalerWorkerSlotLeak`` alert watches
+        ``max_inflight - free_slots() - inflight``.
+        """
+        return self.max_inflight if self._slots is None else self._slots._value
+
     def idle_slots(self) -> int:
         """Workers that would start a new job at once (none are waited for)."""
         return self.max_inflight - self.inflight - self.waiting

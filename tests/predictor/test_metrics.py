@@ -124,6 +124,8 @@ def test_scripted_mix_is_counted_exactly_once_by_outcome(metered_server) -> None
     srv.wait_admitted(admitted + 1)
     busy = scrape(srv.url)
     assert busy[("upscaler_inflight_requests", ())] == 1
+    assert busy[("upscaler_worker_slots", ())] == 1
+    assert busy[("upscaler_worker_slots_free", ())] == 0  # held by the running job
     answers.append(srv.post({"image_url": small}))  # 429: no room to wait
     worker.join(timeout=120)
     answers += large
@@ -139,6 +141,7 @@ def test_scripted_mix_is_counted_exactly_once_by_outcome(metered_server) -> None
     answers.append(httpx.post(v1, json={"wrong": []}, timeout=60))  # 400
     httpx.get(f"{srv.url}/v1/models/chrono-upscaler", timeout=10)  # not an upscale request
     after = scrape(srv.url)
+    assert after[("upscaler_worker_slots_free", ())] == 1  # every slot back, whatever happened
 
     statuses = [answer.status_code for answer in answers]
     assert statuses == [429, 200, 200, 200, 200, 422, 422, 400, 413, 200, 400], [
@@ -236,6 +239,8 @@ EXPORTED_FAMILIES = (
     "upscaler_requests",
     "upscaler_queue_depth",
     "upscaler_inflight_requests",
+    "upscaler_worker_slots",
+    "upscaler_worker_slots_free",
     "upscaler_output_megapixels",
     "upscaler_gpu_seconds",
     "upscaler_cost_usd",
