@@ -13,7 +13,7 @@ import tomllib
 import kubernetes_validate
 import pytest
 import yaml
-from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
+from upscaler_operator.builders import DEFAULT_PREDICTOR_CPU_IMAGE, DEFAULT_PREDICTOR_IMAGE
 from upscaler_operator.crd import crd_text
 
 from tests.chart.conftest import CHART, ROOT, helm, tool
@@ -50,6 +50,8 @@ def test_chart_versions_match_the_project_and_the_operator() -> None:
     image = values["config"]["predictorImage"]
     # the chart's default predictor image is the operator's own default
     assert f"{image['repository']}:{image['tag'] or chart['appVersion']}" == DEFAULT_PREDICTOR_IMAGE
+    cpu_tag = image["cpuTag"] or f"{chart['appVersion']}-cpu"
+    assert f"{image['repository']}:{cpu_tag}" == DEFAULT_PREDICTOR_CPU_IMAGE
 
 
 def test_chart_manifests_top_level_is_only_kubernetes_yaml_in_a_working_order() -> None:
