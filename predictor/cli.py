@@ -201,7 +201,10 @@ def _upscale(args: argparse.Namespace) -> int:
             "(the chronoedit engine does, with --lora-slots ≥ 1)"
         )
     data = args.input.read_bytes()
-    engine = load_engine(options)
+    try:
+        engine = load_engine(options)
+    except ValueError as exc:  # what the engine refuses in its options, e.g. cuda without a GPU
+        raise UsageError(f"--engine {options.engine}: {exc}") from None
     check_supported(request, engine)  # the same refusal the server gives
     with Progress(f"{options.engine} ×{args.factor:g}") as progress:
         processed = process_image(

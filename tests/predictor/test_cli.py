@@ -142,6 +142,12 @@ def test_upscale_checks_the_output_path_before_any_work(photo, tmp_path) -> None
     result = cli("upscale", str(tmp_path / "nope.png"), "-o", str(tmp_path / "x.png"))
     assert result.returncode == 2 and "no such file" in result.stderr
     assert "Traceback" not in result.stderr
+    result = cli(
+        "upscale", str(photo), "-o", str(tmp_path / "x.png"),
+        "--engine", "chronoedit", "--model-dir", str(tmp_path / "no-model"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"'{tmp_path / 'no-model'}' does not exist" in result.stderr
 
 
 def test_upscale_takes_the_format_from_the_extension_or_refuses_with_the_list(
