@@ -12,7 +12,7 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps lint bench bench-gpu tools manifests clean
+.PHONY: install run test test-deps lint bench bench-gpu tools manifests images crds clean
 
 install: $(STAMP)
 
@@ -33,8 +33,9 @@ lint: $(STAMP)
 test-deps:  ## promtool, redis-server, node/npm, chromium: apt-installed as root, else named
 	tools/test-deps.sh
 
-test: $(STAMP) test-deps  ## lint, then the whole pytest suite
+test: $(STAMP) test-deps  ## lint, then the whole pytest suite (KServe's and KEDA's CRDs fetched when online)
 	$(MAKE) --no-print-directory lint
+	$(PYTHON) tools/fetch_crds.py --if-possible
 	$(PY) -m pytest
 
 bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a short load run (docs/benchmarks.md)
@@ -52,6 +53,17 @@ $(TOOLS_BIN)/helm:
 
 manifests: $(TOOLS_BIN)/helm  ## manifests/ (helm template) and the chart's copies of the CRD and monitoring files
 	$(PYTHON) tools/manifests.py
+
+REGISTRY ?= ghcr.io/chrono-upscaler
+IMAGE_TAG ?=
+BUILDER ?=
+PUSH ?=
+images:  ## the operator and both predictor images (CUDA, -cpu) for REGISTRY, with docker/podman/buildah
+	tools/build-images.sh --registry $(REGISTRY) $(if $(IMAGE_TAG),--tag $(IMAGE_TAG)) \
+	  $(if $(BUILDER),--builder $(BUILDER)) $(if $(PUSH),--push)
+
+crds:  ## KServe's and KEDA's CRDs (pinned releases, hash-checked) into build/crds for tests/operator
+	$(PYTHON) tools/fetch_crds.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

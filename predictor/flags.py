@@ -29,6 +29,17 @@ from predictor.engines.options import (
 _DEFAULT_FETCH = FetchLimits()  # defaults live once, in predictor.config
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it says something: not for an unset (None) or off (False)
+    default, and not where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "(default" in text or "default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default=Settings.host, help="address to bind (0.0.0.0 in a pod)")
     serve.add_argument(
@@ -361,7 +372,12 @@ def _add_chronoedit_options(parser: argparse.ArgumentParser) -> None:
         default=_CHRONOEDIT.dtype,
         help="auto: bfloat16 on CUDA, float32 on CPU",
     )
-    group.add_argument("--device", choices=DEVICES, default=_CHRONOEDIT.device)
+    group.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=_CHRONOEDIT.device,
+        help="where the pipeline runs; auto: CUDA when a GPU is visible, else the CPU",
+    )
     group.add_argument(
         "--max-pass-area",
         type=int,

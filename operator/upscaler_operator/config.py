@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
+from upscaler_operator.builders import DEFAULT_PREDICTOR_CPU_IMAGE, DEFAULT_PREDICTOR_IMAGE
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    #: image of the predictor when a deployment does not name one (env PREDICTOR_IMAGE)
+    #: predictor image for deployments with GPUs that name none: CUDA (env PREDICTOR_IMAGE)
     predictor_image: str = DEFAULT_PREDICTOR_IMAGE
+    #: predictor image for deployments without GPUs (sr) that name none (env PREDICTOR_CPU_IMAGE)
+    predictor_cpu_image: str = DEFAULT_PREDICTOR_CPU_IMAGE
     #: namespaces to serve; empty means the whole cluster
     namespaces: tuple[str, ...] = ()
     #: Prometheus /metrics port; 0 turns the endpoint off

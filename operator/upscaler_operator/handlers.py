@@ -69,9 +69,11 @@ def build_registry(
             else config.default_redis_url or "-"
         )
         log.info(
-            "operator starting: namespaces=%s predictor_image=%s default_redis=%s",
+            "operator starting: namespaces=%s predictor_image=%s predictor_cpu_image=%s "
+            "default_redis=%s",
             ",".join(config.namespaces) or "*",
             config.predictor_image,
+            config.predictor_cpu_image,
             default_redis,
         )
 

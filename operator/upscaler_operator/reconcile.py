@@ -31,6 +31,7 @@ from upscaler_operator.builders import (
     Owner,
     autoscaler,
     build_children,
+    image_errors,
     isvc_name,
     predictor_deployment_name,
     queue_prefix,
@@ -263,12 +264,18 @@ class Reconciler:
     ) -> tuple[Outcome, Mapping[str, Any] | None]:
         options = BuildOptions(
             predictor_image=self.config.predictor_image,
+            predictor_cpu_image=self.config.predictor_cpu_image,
             pod_monitor=self.pod_monitors_served(),
             keda=self.scaled_objects_served(),
         )
         scaler = autoscaler(spec, options)
         isvc: Mapping[str, Any] | None = None
         scaled_object: Mapping[str, Any] | None = None
+        wrong_image = image_errors(spec, options)
+        if wrong_image:  # refused like an invalid spec: the children stay as they are
+            log.warning("deployment=%s/%s %s", *_key(owner), "; ".join(wrong_image))
+            ref = Ref(ISVC_API_VERSION, "inferenceservices", owner.namespace, isvc_name(owner.name))
+            return Outcome(invalid=wrong_image), self.kube.get(ref)
         if storage_uris(spec) and self.kserve_too_old():
             message = (
                 "spec.model: the InferenceService needs KServe >= 0.18 (storageUris, downloaded "

@@ -453,6 +453,27 @@ def resource_errors(spec: Mapping[str, Any]) -> list[str]:
     return errors
 
 
+def offline_lora_errors(spec: Mapping[str, Any]) -> list[str]:
+    """Catalog LoRAs the predictor fetches from the Hugging Face Hub per request, in a pod whose
+    spec.predictor.env turns the hub off (HF_HUB_OFFLINE): every request naming one would fail."""
+    env = (spec.get("predictor") or {}).get("env", [])
+    offline = any(
+        item.get("name") == "HF_HUB_OFFLINE" and str(item.get("value", "")).lower() in _TRUTHY
+        for item in env
+    )
+    if not offline:
+        return []
+    return [
+        f"spec.loras[{index}].uri: {lora['uri']} is fetched from the Hugging Face Hub when a "
+        "request names it, but spec.predictor.env sets HF_HUB_OFFLINE; drop one of the two"
+        for index, lora in enumerate(spec.get("loras", []))
+        if uris.scheme_of(lora["uri"]) == "hf"
+    ]
+
+
+_TRUTHY = ("1", "true", "yes", "on")
+
+
 def uri_errors(spec: Mapping[str, Any]) -> list[str]:
     """Storage and catalog URIs the storage initializer or the predictor could not fetch."""
     errors: list[str] = []
@@ -481,6 +502,7 @@ def parse_spec(raw: Any, *, name: str, default_redis: RedisSpec | None = None) -
     if not schema_errors:  # the later rules assume the schema's types
         errors += cross_field_errors(normalized) + blocked_env_errors(normalized)
         errors += uri_errors(normalized) + resource_errors(normalized)
+        errors += offline_lora_errors(normalized)
         queue = normalized.get("queue")
         if queue is not None and "redis" not in queue and default_redis is None:
             errors.append(

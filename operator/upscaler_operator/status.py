@@ -57,6 +57,7 @@ class IsvcState:
     message: str
     url: str | None
     replicas: int
+    image: str | None = None  # what the InferenceService's predictor container runs
 
 
 def now_rfc3339() -> str:
@@ -64,21 +65,23 @@ def now_rfc3339() -> str:
 
 
 def isvc_state(isvc: Mapping[str, Any] | None) -> IsvcState:
-    """KServe's view: its Ready condition, URL and ready predictor copies."""
+    """KServe's view: its Ready condition, URL, ready predictor copies and predictor image."""
     if isvc is None:
         return IsvcState(UNKNOWN, "InferenceServiceMissing", "not created yet", None, 0)
+    containers = ((isvc.get("spec") or {}).get("predictor") or {}).get("containers") or [{}]
+    image = containers[0].get("image") if isinstance(containers[0], dict) else None
     status = isvc.get("status") or {}
     replicas = ((status.get("modelStatus") or {}).get("copies") or {}).get("totalCopies") or 0
     url = status.get("url") or None
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is None:
-        return IsvcState(UNKNOWN, "Pending", "waiting for KServe to report", url, replicas)
+        return IsvcState(UNKNOWN, "Pending", "waiting for KServe to report", url, replicas, image)
     value = ready.get("status") if ready.get("status") in (TRUE, FALSE) else UNKNOWN
     reason = ready.get("reason") or (
         "InferenceServiceReady" if value == TRUE else "InferenceServiceNotReady"
     )
     message = ready.get("message") or ("ready" if value == TRUE else "not ready")
-    return IsvcState(value, reason, message, url, int(replicas))
+    return IsvcState(value, reason, message, url, int(replicas), image)
 
 
 def autoscaling_state(
@@ -235,6 +238,8 @@ def build_status(
         del status["observedGeneration"]
     if state.url:
         status["url"] = state.url
+    if state.image:
+        status["predictorImage"] = state.image
     return status
 
 

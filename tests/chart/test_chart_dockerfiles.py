@@ -5,9 +5,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -105,7 +107,7 @@ def test_chart_predictor_image_serves_on_kserves_port_with_the_loadtest_extra() 
     assert entrypoint == ["chrono-upscaler", "serve", "--host", "0.0.0.0", "--port", "8080"]
     assert final["EXPOSE"] == "8080"
     text = path.read_text()
-    assert '".[predictor,loadtest]"' in text
+    assert set(dependencies_installed(path)) >= {"predictor", "loadtest"}
     assert "ARG VARIANT=cuda" in text
     assert "https://download.pytorch.org/whl/cpu" in text
     torch = re.search(r"^TORCH_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
@@ -127,3 +129,46 @@ def test_chart_operator_image_matches_the_chart() -> None:
         str(values["metrics"]["port"]),
         str(values["config"]["healthPort"]),
     }
+
+
+def dependencies_installed(path: Path) -> dict[str, list[str]]:
+    """What the Dockerfile's dependency layer installs: the python -c program it runs on
+    pyproject.toml, run here on this checkout's, with the extras it reads by name."""
+    (run,) = [rest for word, rest in instructions(path) if word == "RUN" and "tomllib" in rest]
+    words = shlex.split(run)
+    program = words[words.index("-c") + 1]
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = {
+        name: deps
+        for name, deps in project["optional-dependencies"].items()
+        if f'"{name}"' in program
+    }
+    expected = project["dependencies"] + [dep for deps in extras.values() for dep in deps]
+    assert result.stdout.splitlines() == expected
+    return extras
+
+
+@pytest.mark.parametrize(
+    ("name", "extras"), [("predictor", {"predictor", "loadtest"}), ("operator", {"operator"})]
+)
+def test_chart_dockerfiles_install_dependencies_before_the_code(
+    name: str, extras: set[str]
+) -> None:
+    """The dependencies come from pyproject.toml alone, in a layer before the code is copied: a
+    code change rebuilds only the layer that installs the project itself (``--no-deps``)."""
+    path = DOCKERFILES[name]
+    assert set(dependencies_installed(path)) == extras
+    steps = [(word, rest) for word, rest in instructions(path) if word in ("COPY", "RUN")]
+    deps = next(i for i, (word, rest) in enumerate(steps) if "tomllib" in rest)
+    code = next(
+        i for i, (word, rest) in enumerate(steps) if word == "COPY" and rest.startswith(name)
+    )
+    copied_before = [rest.split()[:-1] for word, rest in steps[:deps] if word == "COPY"]
+    assert all(set(sources) <= {"pyproject.toml", "README.md"} for sources in copied_before)
+    assert deps < code
+    (install,) = [rest for word, rest in steps[code:] if word == "RUN" and "pip install" in rest]
+    assert "--no-deps" in install

