@@ -153,10 +153,9 @@ class ChronoEditEngine(Engine):
                 "NOT checked; pass --safety-checker-dir to enable it"
             )
 
-        self.compiled = self.device.type == "cuda" if compile is None else compile
-        if self.compiled:
-            model.compile_transformer(self.pipe.transformer)
-            self.warm_up()
+        self.compiled = False
+        if self.device.type == "cuda" if compile is None else compile:
+            self.compile()
         log.info(
             "chronoedit loaded model_dir=%s upscaler_lora=%s distill_lora=%s device=%s dtype=%s "
             "precision=%s flow_shift=%g max_pass_area=%d compiled=%s variants=%s safety_checker=%s "
@@ -174,6 +173,14 @@ class ChronoEditEngine(Engine):
             self.safety_checker.source if self.safety_checker else None,
             time.perf_counter() - started,
         )
+
+    def compile(self, warm_up: bool = True) -> None:
+        """Regional ``torch.compile`` of the transformer blocks, then (by default) the warm-up
+        that compiles every graph variant of the default bucket."""
+        model.compile_transformer(self.pipe.transformer)
+        self.compiled = True
+        if warm_up:
+            self.warm_up()
 
     @property
     def warmup_bucket(self) -> tuple[int, int]:
