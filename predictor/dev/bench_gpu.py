@@ -381,6 +381,8 @@ class Bench:
         self.engine = None
         self.loras: list[str] = []
         self.latents: list[torch.Tensor] = []
+        self.extra_rank = EXTRA_RANK
+        self.variants: set[tuple[str, int, int, int]] = set()
 
     def request(self, width: int, height: int, steps: int, seed: int, extras: int, scale: float):
         from predictor.engines.base import EngineJob, LoraRequest
@@ -430,7 +432,12 @@ class Bench:
         row.floor_s = floor_seconds(
             step_flops(StepShape(pass_w, pass_h), self.config), self.args.peak_tflops
         )
-        need = 20.0 if self.args.tiny else 45.0
+        # a compiled row whose graph variant is new compiles it first: give it more room
+        used = (scale != 1.0) * self.engine.adapters.upscaler_rank + extras * self.extra_rank
+        variant = (mode, pass_w, pass_h, self.engine.adapters.bucket(used))
+        need = 20.0 if mode.startswith("eager") or variant in self.variants else 90.0
+        need *= 0.1 if self.args.tiny else 1.0
+        self.variants.add(variant)
         if self.report.left() < need:
             row.status = "SKIPPED (budget)"
             self._print(row)
@@ -557,6 +564,7 @@ def run(args: argparse.Namespace) -> int:
         state["pipe"].set_progress_bar_config(disable=True)
         transformer = state["pipe"].transformer
         rank, extra = (4, 4) if args.tiny else (UPSCALER_RANK, EXTRA_RANK)
+        bench.extra_rank = extra
         write_random_lora(transformer, workdir / "model" / "upsample_lora_diffusers.safetensors",
                           rank, 1)  # fmt: skip
         for index in range(3):
@@ -604,17 +612,17 @@ def run(args: argparse.Namespace) -> int:
             f"{bench.engine.adapters.variants}")  # fmt: skip
 
     def rows(mode: str, full: bool) -> Callable[[], None]:
-        def stage() -> None:
+        def stage() -> None:  # the issue's targets first, in case the budget runs out
             say(TABLE_HEAD)
             bench.row(mode, "default", sizes["default"], full=full)
             if full and hasattr(bench, "last_image"):
                 state[mode] = bench.last_image
-            bench.row(mode, "lora_scale 1.5", sizes["default"], scale=1.5)
-            bench.row(mode, "1 extra LoRA", sizes["default"], extras=1)
             bench.row(mode, "3 extra LoRAs", sizes["default"], extras=3)
             bench.row(mode, "default", sizes["pass"])
             if not mode.startswith("eager"):
                 bench.row(mode, "default", sizes["tiled"])
+            bench.row(mode, "lora_scale 1.5", sizes["default"], scale=1.5)
+            bench.row(mode, "1 extra LoRA", sizes["default"], extras=1)
 
         return stage
 
@@ -622,7 +630,7 @@ def run(args: argparse.Namespace) -> int:
         """Today's bare table, compiled column: the engine's compiled transformer at rank 0
         (no adapter math: the same graph as the bare transformer's)."""
         transformer = bench.engine.pipe.transformer
-        for entry in report.bare:
+        for entry in report.bare[-1:]:  # the largest size only: each size is a compile
             inputs = step_inputs(StepShape(entry["width"], entry["height"]), config, device, dtype)
             first, steady = time_steps(transformer, inputs, args.repeats)
             entry["compiled_s"], entry["compile_first_s"] = steady, first
@@ -665,7 +673,8 @@ def run(args: argparse.Namespace) -> int:
             guarded(report, f"engine, eager {base}", 40 * scale, rows(f"eager {base}", False))
             if not args.no_compile and guarded(report, "compile", 10 * scale, to_compiled):
                 guarded(report, f"engine, compiled {base}", 60 * scale, rows(compiled, True))
-                guarded(report, "bare transformer, compiled", 30 * scale, compiled_bare)
+                # only with plenty of budget left: fp8 (next) matters more than this column
+                guarded(report, "bare transformer, compiled", 150 * scale, compiled_bare)
                 if not args.no_fp8 and guarded(report, "to fp8", 20 * scale, to_fp8):
                     guarded(report, "engine, compiled fp8", 60 * scale, rows("compiled fp8", True))
                     guarded(report, "fp8 drift", 0, drift)

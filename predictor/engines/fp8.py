@@ -49,7 +49,7 @@ def scaled_matmul(
             a,
             b_t.t(),  # column-major K × N, as the kernel wants it
             scale_a=a_scale,
-            scale_b=b_scale.t(),
+            scale_b=b_scale.reshape(1, -1),  # 1 × N, contiguous
             bias=bias,
             out_dtype=out_dtype,
             use_fast_accum=True,
