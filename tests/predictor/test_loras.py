@@ -424,33 +424,39 @@ def test_parsed_keys_are_checked_against_the_slot_layout(engine, lora_files) -> 
 
 
 def test_compiled_engine_swaps_loras_without_recompiling(tiny_model_dir, settings, engine) -> None:
-    """``--compile``: after warm-up, a sequence of different LoRAs (and none, and a refused one)
-    adds no graph and never recompiles; the compiled graph sees the swapped weights."""
+    """``--compile``: warm-up compiles the stack's graph variants (rank 0 and each rank
+    bucket); after it, a sequence of different LoRA sets and ``lora_scale`` values (and none,
+    and a refused one) adds no graph and never recompiles; the compiled graph sees the
+    stacked weights."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     compiled = ChronoEditEngine(tiny_model_dir, max_pass_area=AREA, compile=True, loras=settings)
     assert compiled.warmup_bucket == (32, 32)
+    assert compiled.metadata()["graph_variants"] == [0, 8, 16, 28]  # upscaler 4 + 3 × rank 8
     graphs = counters["stats"]["unique_graphs"]
     frames = counters["frames"]["total"]
-    sequence = [
-        [("a.safetensors", 1.0)],
-        [("b.safetensors", 0.5), ("nested/c.safetensors", 2.0)],
-        [],
-        [("a_kohya.safetensors", 1.0), ("b.safetensors", 1.0), ("paint", 0.25)],
-        [("b.safetensors", 3.0)],
-        [],
+    sequence = [  # (loras, lora_scale)
+        ([("a.safetensors", 1.0)], 1.0),
+        ([("b.safetensors", 0.5), ("nested/c.safetensors", 2.0)], 1.7),
+        ([], 1.0),
+        ([("a_kohya.safetensors", 1.0), ("b.safetensors", 1.0), ("paint", 0.25)], 0.0),
+        ([("b.safetensors", 3.0)], 1.0),
+        ([], 1.0),
+        ([], 1.7),
     ]
-    outputs = []
+    outputs, ranks = [], []
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for loras in sequence:
-            outputs.append(render(compiled, *loras))
+        for loras, scale in sequence:
+            outputs.append(render(compiled, *loras, lora_scale=scale))
+            ranks.append(compiled.adapters.rank)
         refused(compiled, ("rank16.safetensors", 1.0))
         outputs.append(render(compiled, ("a.safetensors", 1.0)))
     assert counters["stats"]["unique_graphs"] == graphs  # zero new graphs
     assert counters["frames"]["total"] == frames  # nothing was compiled again
-    for loras, output in zip(sequence[:2], outputs[:2], strict=True):
-        eager = render(engine, *loras)
-        assert np.abs(output - eager).max() <= 2  # the compiled graph reads the slot weights
-    assert np.array_equal(outputs[2], outputs[5]) and np.array_equal(outputs[0], outputs[6])
+    assert ranks == [8, 16, 0, 28, 8, 0, 8]  # every variant was used
+    for (loras, scale), output in zip(sequence[:4], outputs[:4], strict=True):
+        eager = render(engine, *loras, lora_scale=scale)
+        assert np.abs(output - eager).max() <= 2  # the compiled graph reads the stacked weights
+    assert np.array_equal(outputs[2], outputs[5]) and np.array_equal(outputs[0], outputs[7])
     compiled.close()
