@@ -16,6 +16,7 @@ from predictor.engines.cpu_paths import BACKENDS, PRECISIONS
 from predictor.engines.options import (
     DEVICES,
     DTYPES,
+    GPU_PRECISIONS,
     MAX_LORAS,
     SR_MODELS,
     ChronoEditOptions,
@@ -386,9 +387,17 @@ def _add_chronoedit_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=_CHRONOEDIT.compile,
-        help="torch.compile the transformer (static shapes) and warm it up at load",
+        help="torch.compile the transformer (static shapes) and warm up its graph variants at "
+        "load (default: on when the device is CUDA, off on the CPU)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=GPU_PRECISIONS,
+        default=_CHRONOEDIT.precision,
+        help="the transformer's linear layers: bf16, or fp8 (float8 e4m3, per-row scales; "
+        "a GPU with compute capability 8.9+)",
     )
     group.add_argument(
         "--safety-checker-dir",
@@ -497,6 +506,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                 device=args.device,
                 max_pass_area=args.max_pass_area,
                 compile=args.compile,
+                precision=args.precision,
                 safety_checker_dir=args.safety_checker_dir,
                 threads=args.threads,
                 loras=lora_settings(args),
@@ -511,5 +521,8 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         )
     except OptionError as exc:
         option = str(exc).split(" ", 1)[0]
-        flag = _FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
+        flags = _FLAG_OF_OPTION
+        if args.engine == ChronoEditOptions.engine:  # its precision is --precision
+            flags = {**flags, "precision": "--precision"}
+        flag = flags.get(option, "--" + option.replace("_", "-"))
         raise SystemExit(f"chrono-upscaler: error: {flag}: {exc}") from None

@@ -410,6 +410,8 @@ def predictor_args(name: str, spec: DeploymentSpec, namespace: str = "default") 
     args += ["--engine", spec.engine]
     if spec.engine == "chronoedit":
         args += ["--model-dir", model_dir(spec), "--dtype", spec.model.dtype]
+        args += ["--compile" if spec.model.compile else "--no-compile"]
+        args += ["--precision", spec.model.precision]
         for slot, source in _lora_sources(spec).items():
             args += [f"--{slot}-lora", lora_path(slot, source, spec)]
         if spec.pricing.gpu_hourly_usd is not None:

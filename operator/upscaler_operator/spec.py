@@ -104,6 +104,10 @@ class ModelSpec:
     distill_lora: str | None = None
     dtype: str = "bfloat16"
     sr_model: str | None = None
+    #: chronoedit: torch.compile at start-up (--compile / --no-compile)
+    compile: bool = True
+    #: chronoedit: the transformer's linear layers, bf16 or fp8 (--precision)
+    precision: str = "bf16"
 
 
 @dataclass(frozen=True)
@@ -577,6 +581,8 @@ def _typed(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> D
             distill_lora=model.get("distillLora"),
             dtype=model.get("dtype", "bfloat16"),
             sr_model=model.get("srModel"),
+            compile=model.get("compile", True),
+            precision=model.get("precision", "bf16"),
         ),
         loras=tuple(Lora(name=item["name"], uri=item["uri"]) for item in spec.get("loras", [])),
         gpu=None

@@ -6,7 +6,7 @@ of the slots' full rank over every slot layer:
 * cold pipeline load — ``ChronoEditEngine(...)`` from disk, slots included (no compilation);
 * uncached LoRA — resolve, hash, read, parse, check and convert a file not seen before;
 * cached LoRA — the same path again (a host-cache hit: stat and lookup);
-* swap — copying a prepared LoRA into a slot (``LoraSlots.apply``), the per-request cost;
+* swap — copying a prepared LoRA into the stack (``AdapterStack.apply``), the per-request cost;
 * recompilations — with ``--compile``, graphs and frames compiled while a sequence of different
   LoRA sets runs after warm-up (should be 0);
 * and a full-size estimate: the copy of a 14B-shaped rank-64 LoRA (40 blocks × 12 slot layers,
@@ -99,7 +99,7 @@ def measure(repeats: int = 5) -> dict[str, float]:
             engine = ChronoEditEngine(model_dir, max_pass_area=32 * 32, loras=settings)
             loads.append(time.perf_counter() - started)
         figures["cold_load_ms"] = _median_ms(loads)
-        layout = engine.slots.layout
+        layout = engine.adapters.layout
         names = _write_loras(lora_dir, layout.shapes, repeats + 3)
         figures["lora_kb"] = (lora_dir / names[0]).stat().st_size / 1000
         figures["layers"] = len(layout.shapes)
@@ -114,12 +114,12 @@ def measure(repeats: int = 5) -> dict[str, float]:
             loader.load(name, 0)
             cached.append(time.perf_counter() - started)
             started = time.perf_counter()
-            engine.slots.apply([(prepared, 1.0)])  # a different LoRA each time: a real copy
+            engine.adapters.apply(1.0, [(prepared, 1.0)])  # a different LoRA each time: a real copy
             swaps.append(time.perf_counter() - started)
         figures["uncached_ms"] = _median_ms(uncached)
         figures["cached_ms"] = _median_ms(cached)
         figures["swap_ms"] = _median_ms(swaps)
-        engine.slots.apply([])
+        engine.adapters.apply(1.0, [])
 
         source = Image.new("RGB", (16, 16), (120, 130, 140))
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,11 +22,12 @@ from PIL import Image
 from predictor.codec import to_rgb
 from predictor.engines.options import LoraSettings
 from predictor.errors import feature_not_supported
-from predictor.loras.slots import LoraSlots
+from predictor.loras.slots import AdapterStack
 from predictor.loras.sources import LoraLoader
 from predictor.loras.sources import describe as describe_loras
 
 from . import chronoedit_model as model
+from . import fp8
 from .base import SAFETY_FLAGGED_KEY, Engine, EngineJob, ProgressFn
 from .blend import (
     PassTile,
@@ -34,8 +36,11 @@ from .blend import (
     plan_pass_tiles,
     tile_shapes,
 )
-from .options import ChronoEditOptions
+from .options import GPU_PRECISIONS, ChronoEditOptions
 from .safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
+
+if TYPE_CHECKING:
+    from diffusers import ChronoEditPipeline
 
 log = logging.getLogger("predictor.engines.chronoedit")
 
@@ -66,13 +71,15 @@ class ChronoEditEngine(Engine):
         dtype: str = "auto",
         device: str = "auto",
         max_pass_area: int = ChronoEditOptions.max_pass_area,
-        compile: bool = False,
+        compile: bool | None = None,
+        precision: str = "bf16",
         safety_checker_dir: str | Path | None = None,
         safety_checker: SafetyChecker | None = None,
         tile_overlap: int | None = None,
         flow_shift: float | None = None,
         threads: int | None = None,
         loras: LoraSettings | None = None,
+        pipeline: ChronoEditPipeline | None = None,
     ) -> None:
         """Load everything once; a missing file fails here, at start-up, never per request.
 
@@ -80,13 +87,24 @@ class ChronoEditEngine(Engine):
         ``safety_checker`` (an object) overrides ``safety_checker_dir`` (a directory for
         :class:`DiffusersSafetyChecker`). ``tile_overlap`` is in output pixels (default: a
         quarter of a tile side, at most 128). ``loras``: request-LoRA sources, limits and slots
-        (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off.
+        (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off. ``compile`` None:
+        compiled on CUDA, eager on the CPU. ``precision`` ``fp8``: the transformer blocks' linear
+        layers in float8 (:mod:`.fp8`; refused where the GPU has no fp8). ``pipeline``: an
+        already built pipeline on the CPU instead of loading ``model_dir`` (``make bench-gpu``'s
+        full-size random model); the Upscaler LoRA is still read from its file.
         """
         started = time.perf_counter()
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = model.resolve_device(device)
         self.dtype = model.resolve_dtype(dtype, self.device)
+        if precision not in GPU_PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(GPU_PRECISIONS)}, got {precision!r}"
+            )
+        if precision == "fp8":
+            fp8.check_support(self.device)  # before minutes of loading
+        self.precision = precision
         if max_pass_area < 32 * 32:
             raise ValueError(f"max_pass_area must be at least 1024 pixels, got {max_pass_area}")
         self.max_pass_area = max_pass_area
@@ -103,22 +121,22 @@ class ChronoEditEngine(Engine):
             flow_shift = model.DISTILL_FLOW_SHIFT if self.distill_lora else model.FLOW_SHIFT
         self.flow_shift = flow_shift
 
-        self.pipe = model.load_pipeline(self.model_dir, self.dtype, flow_shift)
+        self.pipe = pipeline or model.load_pipeline(self.model_dir, self.dtype, flow_shift)
         self.embeddings = model.encode_prompt_once(self.pipe, self.device)
         if self.distill_lora is not None:
             model.fuse_distill_lora(self.pipe, self.distill_lora)
         self.pipe.to(self.device)
-        model.load_upscaler_adapter(self.pipe, self.upscaler_lora)
-        # the request-LoRA slots join the upscaler before any scaling becomes a tensor
-        self.slots = LoraSlots.install(
+        # the upscaler merged into the weights, every adapted layer ready for one stacked pair
+        self.adapters = AdapterStack.install(
             self.pipe.transformer,
+            model.read_upscaler_lora(self.upscaler_lora),
             self.lora_settings.slots,
             self.lora_settings.max_rank,
-            resident=[model.UPSCALER_ADAPTER],
         )
-        self.lora = model.AdapterScale(self.pipe.transformer, model.UPSCALER_ADAPTER)
+        if precision == "fp8":  # after the merge: the float8 weights hold the upscaler too
+            model.quantize_blocks(self.pipe.transformer)
         if loader is not None:
-            loader.layout = self.slots.layout
+            loader.layout = self.adapters.layout
         self.loras = loader
         self.supports_loras = loader is not None
         #: the pipeline's scheduler and the adapter scale are shared state: one pass at a time
@@ -135,24 +153,34 @@ class ChronoEditEngine(Engine):
                 "NOT checked; pass --safety-checker-dir to enable it"
             )
 
-        self.compiled = compile
-        if compile:
-            model.compile_transformer(self.pipe.transformer)
-            self.warm_up()
+        self.compiled = False
+        if self.device.type == "cuda" if compile is None else compile:
+            self.compile()
         log.info(
             "chronoedit loaded model_dir=%s upscaler_lora=%s distill_lora=%s device=%s dtype=%s "
-            "flow_shift=%g max_pass_area=%d compiled=%s safety_checker=%s load_s=%.1f",
+            "precision=%s flow_shift=%g max_pass_area=%d compiled=%s variants=%s safety_checker=%s "
+            "load_s=%.1f",
             self.model_dir,
             self.upscaler_lora,
             self.distill_lora,
             self.device,
             str(self.dtype).removeprefix("torch."),
+            precision,
             flow_shift,
             max_pass_area,
-            compile,
+            self.compiled,
+            ",".join(map(str, self.adapters.variants)),
             self.safety_checker.source if self.safety_checker else None,
             time.perf_counter() - started,
         )
+
+    def compile(self, warm_up: bool = True) -> None:
+        """Regional ``torch.compile`` of the transformer blocks, then (by default) the warm-up
+        that compiles every graph variant of the default bucket."""
+        model.compile_transformer(self.pipe.transformer)
+        self.compiled = True
+        if warm_up:
+            self.warm_up()
 
     @property
     def warmup_bucket(self) -> tuple[int, int]:
@@ -160,19 +188,23 @@ class ChronoEditEngine(Engine):
         return tile_shapes(self.max_pass_area, self.size_multiple)[0]
 
     def warm_up(self) -> None:
-        """Compile the default shape bucket now, so the first request does not pay for it."""
+        """Compile every graph variant of the default shape bucket now — the stack's ranks
+        (0, the default request, and each rank bucket) — so no request pays for compilation."""
         width, height = self.warmup_bucket
-        started = time.perf_counter()
+        guide = Image.new("RGB", (width, height), (128, 128, 128))
         job = EngineJob(width=width, height=height, seed=0, num_inference_steps=WARMUP_STEPS)
         with self._lock:
-            self.slots.apply([])
-            self._render(Image.new("RGB", (width, height), (128, 128, 128)), job, None)
-        log.info(
-            "chronoedit warm-up bucket=%dx%d seconds=%.1f",
-            width,
-            height,
-            time.perf_counter() - started,
-        )
+            for rank in self.adapters.variants:
+                started = time.perf_counter()
+                with self.adapters.variant(rank):
+                    self._render(guide, job, None)
+                log.info(
+                    "chronoedit warm-up bucket=%dx%d rank=%d seconds=%.1f",
+                    width,
+                    height,
+                    rank,
+                    time.perf_counter() - started,
+                )
 
     def _render(
         self,
@@ -240,9 +272,8 @@ class ChronoEditEngine(Engine):
         generator = torch.Generator("cpu").manual_seed(job.seed)
         with self._lock:
             swap_started = time.perf_counter()
-            self.slots.apply(prepared)
+            self.adapters.apply(job.lora_scale, prepared)
             swap_seconds = time.perf_counter() - swap_started
-            self.lora.set(job.lora_scale)
             if len(tiles) == 1:
                 pixels = self._render(guide, job, generator, progress, 0, total)
             else:
@@ -263,7 +294,7 @@ class ChronoEditEngine(Engine):
             result.info[SAFETY_FLAGGED_KEY] = True  # the journey counts it per request
         log.info(
             "chronoedit upscale width=%d height=%d tiles=%d steps=%d guidance=%g cfg=%s "
-            "lora_scale=%g loras=%s lora_load_ms=%.1f lora_swap_ms=%.1f seed=%d safety=%s "
+            "lora_scale=%g loras=%s rank=%d lora_load_ms=%.1f lora_swap_ms=%.1f seed=%d safety=%s "
             "render_ms=%.1f",
             job.width,
             job.height,
@@ -273,6 +304,7 @@ class ChronoEditEngine(Engine):
             job.guidance_scale > 1,
             job.lora_scale,
             ",".join(f"{lora.label}:{scale:g}" for lora, scale in prepared) or "-",
+            self.adapters.rank,
             lora_seconds * 1000,
             swap_seconds * 1000,
             job.seed,
@@ -314,6 +346,8 @@ class ChronoEditEngine(Engine):
             "max_pass_area": self.max_pass_area,
             "tile_overlap": self.tile_overlap,
             "compiled": self.compiled,
+            "precision": self.precision,
+            "graph_variants": list(self.adapters.variants),
             "safety_checker": self.safety_checker.source if self.safety_checker else None,
             "loras": describe_loras(self.lora_settings, self.loras),
         }

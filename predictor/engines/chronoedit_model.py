@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 
 if TYPE_CHECKING:
     from diffusers import ChronoEditPipeline
+
+    from predictor.loras.formats import ParsedLora
 
 log = logging.getLogger("predictor.engines.chronoedit")
 
@@ -34,7 +37,6 @@ UPSCALER_LORA_REPO = "nvidia/ChronoEdit-14B-Diffusers-Upscaler-Lora"
 UPSCALER_LORA_FILE = "upsample_lora_diffusers.safetensors"
 #: where the 8-step distillation LoRA sits inside the base repository
 DISTILL_LORA_FILE = "lora/chronoedit_distill_lora.safetensors"
-UPSCALER_ADAPTER = "upscaler"
 #: UniPC flow shift: NVIDIA's default, and what the distillation LoRA was trained for
 FLOW_SHIFT = 5.0
 DISTILL_FLOW_SHIFT = 2.0
@@ -219,56 +221,34 @@ def fuse_distill_lora(pipe: ChronoEditPipeline, path: Path) -> None:
     pipe.unload_lora_weights()  # the merged weights stay; the adapter layers go
 
 
-class AdapterScale:
-    """The weight of one loaded LoRA adapter, changed per request without touching the graph.
+def read_upscaler_lora(path: Path) -> ParsedLora:
+    """The Upscaler LoRA's factors, read with diffusers' own key conversion (the file is in the
+    format ``load_lora_weights`` takes) into module → factors; the engine merges them into the
+    weights (:class:`~predictor.loras.slots.AdapterStack`)."""
+    from diffusers import ChronoEditPipeline
 
-    peft keeps each layer's scaling as a Python float, and ``set_adapters`` rewrites them: a
-    compiled transformer guards on those floats and would recompile for every new scale. Here
-    each scaling becomes a 0-d tensor once, and a request only fills it in place.
-    """
+    from predictor.loras.formats import METADATA_KEY, parse_lora
 
-    def __init__(self, transformer: torch.nn.Module, adapter: str) -> None:
-        from peft.tuners.lora import LoraLayer
-
-        self.adapter = adapter
-        self._scalings: list[tuple[torch.Tensor, float]] = []
-        for module in transformer.modules():
-            if isinstance(module, LoraLayer) and adapter in module.scaling:
-                base = float(module.scaling[adapter])  # lora_alpha / r, the weight-1 scaling
-                device = module.get_base_layer().weight.device
-                tensor = torch.tensor(base, dtype=torch.float32, device=device)
-                module.scaling[adapter] = tensor
-                self._scalings.append((tensor, base))
-        if not self._scalings:
-            raise ValueError(f"LoRA adapter {adapter!r} matched no layer of the transformer")
-        self.scale = 1.0
-
-    @property
-    def layers(self) -> int:
-        return len(self._scalings)
-
-    def set(self, scale: float) -> None:
-        """Set the adapter's weight (1 = as trained, 0 = off)."""
-        if scale == self.scale:
-            return
-        for tensor, base in self._scalings:
-            tensor.fill_(base * scale)
-        self.scale = scale
+    state, metadata = ChronoEditPipeline.lora_state_dict(
+        str(path), return_lora_metadata=True, local_files_only=True
+    )
+    if metadata is not None and not isinstance(metadata, dict):
+        metadata = None
+    parsed = parse_lora(state, {METADATA_KEY: json.dumps(metadata)} if metadata else None)
+    if not parsed.modules:
+        raise ValueError(
+            f"the upscaler LoRA {str(path)!r} holds no LoRA factors for the transformer"
+        )
+    return parsed
 
 
-def load_upscaler_adapter(pipe: ChronoEditPipeline, path: Path) -> None:
-    """Load the Upscaler LoRA as the resident peft adapter ``upscaler`` (scale not yet set)."""
-    pipe.load_lora_weights(str(path), adapter_name=UPSCALER_ADAPTER, local_files_only=True)
+def quantize_blocks(transformer: torch.nn.Module) -> int:
+    """``--precision fp8``: every linear layer of the transformer blocks in float8 e4m3 (the
+    matmuls that are nearly all of a step); embedders, norms and the output head stay as they
+    are. Returns how many layers were converted."""
+    from .fp8 import quantize_linears
 
-
-def load_upscaler_lora(pipe: ChronoEditPipeline, path: Path) -> AdapterScale:
-    """Load the Upscaler LoRA as a peft adapter that stays resident; its weight is per request.
-
-    (The engine loads it with :func:`load_upscaler_adapter`, adds the request-LoRA slots, then
-    builds the :class:`AdapterScale`: adding adapters rewrites every scaling.)
-    """
-    load_upscaler_adapter(pipe, path)
-    return AdapterScale(pipe.transformer, UPSCALER_ADAPTER)
+    return quantize_linears(transformer.blocks)
 
 
 def compile_transformer(transformer: torch.nn.Module, backend: str = "inductor") -> None:

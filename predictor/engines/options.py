@@ -24,6 +24,8 @@ SR_MODELS: tuple[SRModel, ...] = ("waifu2x", "realesrgan")
 DEFAULT_MODEL_DIR = "/mnt/models"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cuda", "cpu")
+#: the chronoedit transformer's linear layers: bf16 (or --dtype), or float8 e4m3 per-row scaled
+GPU_PRECISIONS = ("bf16", "fp8")
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,10 @@ class ChronoEditOptions:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     max_pass_area: int = DEFAULT_MAX_PASS_AREA
-    #: torch.compile the transformer (static shapes) and warm it up at load
-    compile: bool = False
+    #: torch.compile the transformer (static shapes) and warm it up at load; None: on CUDA only
+    compile: bool | None = None
+    #: the transformer's linear layers: bf16 (--dtype), or fp8 (float8 e4m3, per-row scales)
+    precision: Literal["bf16", "fp8"] = "bf16"
     #: StableDiffusionSafetyChecker + CLIPImageProcessor directory (None: no checker)
     safety_checker_dir: str | None = None
     threads: int | None = None
@@ -119,6 +123,10 @@ class ChronoEditOptions:
             raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in DEVICES:
             raise OptionError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in GPU_PRECISIONS:
+            raise OptionError(
+                f"precision must be one of {', '.join(GPU_PRECISIONS)}, got {self.precision!r}"
+            )
         _at_least("max_pass_area", self.max_pass_area, 32 * 32)
         _at_least("threads", self.threads, 1)
         check_lora_settings(self.loras)

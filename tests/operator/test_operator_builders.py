@@ -68,6 +68,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "upscalerLora": "https://files.example.com/loras/upsample.safetensors",
             "distillLora": "lora/chronoedit_distill_lora.safetensors",
             "dtype": "float16",
+            "compile": False,
+            "precision": "fp8",
         },
     ),
     "chronoedit-raw-everything": merged(
@@ -284,6 +286,8 @@ def test_operator_predictor_args_are_the_contract_with_the_predictor() -> None:
         "--engine", "chronoedit",
         "--model-dir", "/mnt/models/model",
         "--dtype", "float16",
+        "--no-compile",
+        "--precision", "fp8",
         "--upscaler-lora", "/mnt/models/upscaler-lora/upsample.safetensors",
         "--distill-lora", "/mnt/models/model/lora/chronoedit_distill_lora.safetensors",
         "--gpu-hourly-usd", "2.5",

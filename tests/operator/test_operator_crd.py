@@ -157,6 +157,8 @@ SCHEMA_REJECTS = [
     ("chronoedit", "spec.engine", "esrgan", "spec.engine"),
     ("chronoedit", "spec.scaling.mode", "Knative", "spec.scaling.mode"),
     ("chronoedit", "spec.model.dtype", "int8", "spec.model.dtype"),
+    ("chronoedit", "spec.model.precision", "int4", "spec.model.precision"),
+    ("chronoedit", "spec.model.compile", "yes", "spec.model.compile"),
     ("chronoedit", "spec.defaults.outputFormat", "gif", "spec.defaults.outputFormat"),
     ("chronoedit", "spec.gpu.count", 0, "spec.gpu.count"),
     ("chronoedit", "spec.gpu.count", 1.5, "spec.gpu.count"),
@@ -342,6 +344,8 @@ def test_operator_crd_defaults_match_the_typed_model() -> None:
     model = spec_schema()["properties"]["model"]["properties"]
     gpu = spec_schema()["properties"]["gpu"]["properties"]
     assert model["dtype"]["default"] == spec_module.ModelSpec().dtype
+    assert model["compile"]["default"] is spec_module.ModelSpec().compile is True
+    assert model["precision"]["default"] == spec_module.ModelSpec().precision
     assert gpu["count"]["default"] == spec_module.GpuSpec().count
     assert gpu["resourceName"]["default"] == spec_module.GpuSpec().resource_name
     assert parse_spec({"engine": "sr"}, name="x") == spec_module.DeploymentSpec("sr")

@@ -1,6 +1,8 @@
-"""``make bench-gpu``: the FLOP floor it compares against, its GPU-less exit, its harness."""
+"""``make bench-gpu``: the FLOP floor it compares against, and its harness on the tiny config."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -21,14 +23,38 @@ def test_flop_floor_matches_design(width: int, height: int, tokens: int, floor_s
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the real benchmark")
-def test_without_a_gpu_it_says_so_and_exits_zero(capsys) -> None:
+def test_without_a_gpu_it_runs_the_tiny_harness_and_exits_zero(capsys, tmp_path, monkeypatch):
+    """``make bench-gpu`` with no GPU: every stage of the real run, on the tiny configuration —
+    the engine eager, compiled and fp8 (emulated), the table, the drift, the files in $OUT."""
+    monkeypatch.setenv("OUT", str(tmp_path))
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert "needs a CUDA GPU" in out and "| 832×480 | 3120 | 87.8 | 0.110 |" in out
+    assert "no CUDA GPU here" in out and "| 832×480 | 3120 | 87.8 | 0.110 |" in out
+    assert "FAILED" not in out and "SKIPPED" not in out
+    report = json.loads((tmp_path / "bench_gpu.json").read_text())
+    rows = {(row["mode"], row["request"], row["width"]): row for row in report["rows"]}
+    assert {mode for mode, _, _ in rows} == {"eager fp32", "compiled fp32", "compiled fp8"}
+    assert len(rows) == 5 + 6 + 6 and all(row["status"] == "ok" for row in rows.values())
+    compiled = [row for (mode, _, _), row in rows.items() if mode != "eager fp32"]
+    assert all(row["new_graphs"] == 0 for row in compiled)  # 0 recompiles after warm-up
+    assert rows[("compiled fp8", "default", 32)]["image_measured"] is True  # all 30 steps ran
+    assert rows[("compiled fp32", "default", 96)]["tiles"] > 1
+    assert {row["rank"] for row in rows.values()} == {0, 8, 16}  # the stack's rank buckets
+    assert 0 < report["drift"]["latent_relative_error"] < 0.2
+    assert "fp8 drift vs bf16" in (tmp_path / "bench_gpu.md").read_text()
 
 
-def test_harness_times_a_tiny_transformer_on_cpu(capsys) -> None:
-    args = ["--tiny", "--device", "cpu", "--resolutions", "64x48", "--repeats", "1"]
-    assert main([*args, "--no-compile"]) == 0
+def test_a_failing_stage_is_reported_and_the_rest_still_runs(capsys, monkeypatch) -> None:
+    from predictor.dev import bench_gpu
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(bench_gpu, "time_steps", broken)
+    args = ["--tiny", "--no-compile", "--budget-s", "60"]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| 64×48 |" in out and "eager s/step" in out
+    assert "RuntimeError: no such kernel" in out and "bare transformer, eager: FAILED" in out
+    assert "| eager fp32 | default | 32×32 | 1 | 0 |" in out  # the engine stage still ran
+    assert main([*args, "--budget-s", "0"]) == 0
+    assert "SKIPPED (budget" in capsys.readouterr().out

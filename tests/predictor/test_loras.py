@@ -23,7 +23,7 @@ from predictor.loras import prepare as prepare_module
 from predictor.loras import sources as sources_module
 from predictor.loras.formats import parse_lora
 from predictor.loras.prepare import check_and_convert
-from predictor.loras.slots import LoraSlots
+from predictor.loras.slots import AdapterStack
 from predictor.loras.sources import LoraLoader
 from tests.conftest import photo_crop
 
@@ -109,7 +109,7 @@ def test_isolation_any_sequence_then_none_equals_a_fresh_process(
     render(engine, ("b.safetensors", 1.0))
     after = render(engine)
     assert np.array_equal(after, baseline)
-    # a fresh process with no slots at all: the empty slots add exactly nothing
+    # a fresh process with no slots at all: the default request runs no adapter math either way
     fresh = ChronoEditEngine(tiny_model_dir, max_pass_area=AREA, loras=LoraSettings(slots=0))
     assert fresh.supports_loras is False and fresh.metadata()["supports_loras"] is False
     assert np.array_equal(render(fresh), after)
@@ -192,10 +192,11 @@ def test_the_error_messages_name_the_problem(engine, lora_files) -> None:
 
 def test_a_refused_request_leaves_the_slots_as_they_were(engine) -> None:
     a_and_b = render(engine, ("a.safetensors", 1.0), ("b.safetensors", 1.0))
-    slots_before = {name: state.sha256 for name, state in engine.slots.state.items()}
+    stacked = engine.adapters.parts
+    assert len(stacked) == 2
     refused(engine, ("a.safetensors", 1.0), ("keyless.safetensors", 1.0))
     refused(engine, ("outside_targets.safetensors", 1.0))
-    assert {name: state.sha256 for name, state in engine.slots.state.items()} == slots_before
+    assert engine.adapters.parts == stacked
     assert np.array_equal(render(engine, ("b.safetensors", 1.0), ("a.safetensors", 1.0)), a_and_b)
 
 
@@ -260,7 +261,7 @@ def test_http_loras_need_the_policy_and_keep_the_address_guards(
     engine, lora_files, image_host, tmp_path
 ) -> None:
     url = image_host.add("/loras/a.safetensors", lora_files["a_kohya"].read_bytes(), "x/y")
-    layout = engine.slots.layout
+    layout = engine.adapters.layout
     base = {"cache_dir": str(tmp_path / "cache"), "max_rank": 8}
     closed = LoraLoader(LoraSettings(**base, allow_private_urls=True), layout)
     with pytest.raises(InputError, match="--allow-lora-urls") as caught:
@@ -304,7 +305,7 @@ def test_a_download_stops_when_the_job_is_cancelled(engine, lora_files, image_ho
     url = image_host.url + "/slow"  # 40 bytes over 10 s
     loader = LoraLoader(
         LoraSettings(cache_dir=str(tmp_path), allow_urls=True, allow_private_urls=True),
-        engine.slots.layout,
+        engine.adapters.layout,
     )
     seen = []
 
@@ -329,7 +330,7 @@ def test_a_download_stops_when_the_job_is_cancelled(engine, lora_files, image_ho
 def test_repeats_are_host_cache_hits(engine, lora_files, tmp_path) -> None:
     copy = tmp_path / "copy.safetensors"
     shutil.copy(lora_files["b"], copy)
-    loader = LoraLoader(LoraSettings(lora_dir=str(tmp_path), max_rank=8), engine.slots.layout)
+    loader = LoraLoader(LoraSettings(lora_dir=str(tmp_path), max_rank=8), engine.adapters.layout)
     hits, misses = metrics.LORA_CACHE_HITS._value.get(), metrics.LORA_CACHE_MISSES._value.get()
     loads = metrics.LORA_LOAD_SECONDS._sum.get()
     first = loader.load("copy.safetensors", 0)
@@ -385,21 +386,21 @@ def test_slots_apply_a_lora_as_diffusers_own_loader_does(tiny_model_dir, lora_fi
     expected = _transformer_output(reference)
 
     ours = ChronoEditTransformer3DModel.from_pretrained(tiny_model_dir / "transformer")
-    slots = LoraSlots.install(ours, 1, 8, resident=[])
-    loader = LoraLoader(LoraSettings(lora_dir=str(lora_files["dir"]), max_rank=8), slots.layout)
-    slots.apply([(loader.load(f"{name}.safetensors", 0), 1.0)])
+    stack = AdapterStack.install(ours, None, 1, 8)
+    loader = LoraLoader(LoraSettings(lora_dir=str(lora_files["dir"]), max_rank=8), stack.layout)
+    stack.apply(1.0, [(loader.load(f"{name}.safetensors", 0), 1.0)])
     got = _transformer_output(ours)
     assert (expected - base).abs().max() > 0.05  # the LoRA does something
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    slots.apply([])
-    assert torch.equal(_transformer_output(ours), base)  # empty slots: exactly the base model
+    stack.apply(1.0, [])
+    assert torch.equal(_transformer_output(ours), base)  # rank 0: exactly the base model
 
 
 def test_parsed_keys_are_checked_against_the_slot_layout(engine, lora_files) -> None:
     from safetensors.torch import load_file
 
     parsed = parse_lora(load_file(lora_files["a_wan"]))
-    converted = check_and_convert(parsed, engine.slots.layout, "a", ("body", "loras", 0, "path"))
+    converted = check_and_convert(parsed, engine.adapters.layout, "a", ("body", "loras", 0, "path"))
     assert len(converted) == 2 * 12  # 2 blocks × 12 slot layers
     down, up = converted["blocks.1.attn2.add_k_proj"]
     assert down.shape == (4, 24) and up.shape == (24, 4)
@@ -408,48 +409,54 @@ def test_parsed_keys_are_checked_against_the_slot_layout(engine, lora_files) -> 
                          "blocks.7.attn1.to_q.lora_B.weight": up.clone(),
                          **load_file(lora_files["a"])})  # fmt: skip
     with pytest.raises(InputError, match="more blocks"):
-        check_and_convert(bigger, engine.slots.layout, "big", loc)
+        check_and_convert(bigger, engine.adapters.layout, "big", loc)
     narrow = parse_lora({"blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 16),
                          "blocks.0.attn1.to_q.lora_B.weight": torch.ones(16, 4)})  # fmt: skip
     with pytest.raises(InputError, match="another model"):
-        check_and_convert(narrow, engine.slots.layout, "narrow", loc)
+        check_and_convert(narrow, engine.adapters.layout, "narrow", loc)
     broken = parse_lora({"blocks.0.attn1.to_q.lora_A.weight": torch.full((4, 24), float("nan")),
                          "blocks.0.attn1.to_q.lora_B.weight": torch.ones(24, 4)})  # fmt: skip
     with pytest.raises(InputError, match="NaN"):
-        check_and_convert(broken, engine.slots.layout, "broken", loc)
+        check_and_convert(broken, engine.adapters.layout, "broken", loc)
 
 
 # --- compile safety -----------------------------------------------------------------------------
 
 
 def test_compiled_engine_swaps_loras_without_recompiling(tiny_model_dir, settings, engine) -> None:
-    """``--compile``: after warm-up, a sequence of different LoRAs (and none, and a refused one)
-    adds no graph and never recompiles; the compiled graph sees the swapped weights."""
+    """``--compile``: warm-up compiles the stack's graph variants (rank 0 and each rank
+    bucket); after it, a sequence of different LoRA sets and ``lora_scale`` values (and none,
+    and a refused one) adds no graph and never recompiles; the compiled graph sees the
+    stacked weights."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     compiled = ChronoEditEngine(tiny_model_dir, max_pass_area=AREA, compile=True, loras=settings)
     assert compiled.warmup_bucket == (32, 32)
+    assert compiled.metadata()["graph_variants"] == [0, 8, 16, 28]  # upscaler 4 + 3 × rank 8
     graphs = counters["stats"]["unique_graphs"]
     frames = counters["frames"]["total"]
-    sequence = [
-        [("a.safetensors", 1.0)],
-        [("b.safetensors", 0.5), ("nested/c.safetensors", 2.0)],
-        [],
-        [("a_kohya.safetensors", 1.0), ("b.safetensors", 1.0), ("paint", 0.25)],
-        [("b.safetensors", 3.0)],
-        [],
+    sequence = [  # (loras, lora_scale)
+        ([("a.safetensors", 1.0)], 1.0),
+        ([("b.safetensors", 0.5), ("nested/c.safetensors", 2.0)], 1.7),
+        ([], 1.0),
+        ([("a_kohya.safetensors", 1.0), ("b.safetensors", 1.0), ("paint", 0.25)], 0.0),
+        ([("b.safetensors", 3.0)], 1.0),
+        ([], 1.0),
+        ([], 1.7),
     ]
-    outputs = []
+    outputs, ranks = [], []
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for loras in sequence:
-            outputs.append(render(compiled, *loras))
+        for loras, scale in sequence:
+            outputs.append(render(compiled, *loras, lora_scale=scale))
+            ranks.append(compiled.adapters.rank)
         refused(compiled, ("rank16.safetensors", 1.0))
         outputs.append(render(compiled, ("a.safetensors", 1.0)))
     assert counters["stats"]["unique_graphs"] == graphs  # zero new graphs
     assert counters["frames"]["total"] == frames  # nothing was compiled again
-    for loras, output in zip(sequence[:2], outputs[:2], strict=True):
-        eager = render(engine, *loras)
-        assert np.abs(output - eager).max() <= 2  # the compiled graph reads the slot weights
-    assert np.array_equal(outputs[2], outputs[5]) and np.array_equal(outputs[0], outputs[6])
+    assert ranks == [8, 16, 0, 28, 8, 0, 8]  # every variant was used
+    for (loras, scale), output in zip(sequence[:4], outputs[:4], strict=True):
+        eager = render(engine, *loras, lora_scale=scale)
+        assert np.abs(output - eager).max() <= 2  # the compiled graph reads the stacked weights
+    assert np.array_equal(outputs[2], outputs[5]) and np.array_equal(outputs[0], outputs[7])
     compiled.close()
