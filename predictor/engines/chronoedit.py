@@ -34,6 +34,8 @@ from .blend import (
     plan_pass_tiles,
     tile_shapes,
 )
+from .chronoedit_loader import StartupReport, default_cache_dir, load_pipeline
+from .compile_cache import CompileCache, compile_key
 from .options import ChronoEditOptions
 from .safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
 
@@ -73,6 +75,7 @@ class ChronoEditEngine(Engine):
         flow_shift: float | None = None,
         threads: int | None = None,
         loras: LoraSettings | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         """Load everything once; a missing file fails here, at start-up, never per request.
 
@@ -80,7 +83,9 @@ class ChronoEditEngine(Engine):
         ``safety_checker`` (an object) overrides ``safety_checker_dir`` (a directory for
         :class:`DiffusersSafetyChecker`). ``tile_overlap`` is in output pixels (default: a
         quarter of a tile side, at most 128). ``loras``: request-LoRA sources, limits and slots
-        (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off.
+        (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off. ``cache_dir`` holds
+        the prompt-embedding cache (when the model directory is read-only) and the compile
+        cache (default ``$CHRONO_UPSCALER_CACHE_DIR`` or ``~/.cache/chrono-upscaler``).
         """
         started = time.perf_counter()
         if threads is not None:
@@ -103,11 +108,14 @@ class ChronoEditEngine(Engine):
             flow_shift = model.DISTILL_FLOW_SHIFT if self.distill_lora else model.FLOW_SHIFT
         self.flow_shift = flow_shift
 
-        self.pipe = model.load_pipeline(self.model_dir, self.dtype, flow_shift)
-        self.embeddings = model.encode_prompt_once(self.pipe, self.device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        #: how this start went, phase by phase (logged; read by predictor.dev.bench_startup)
+        self.startup = StartupReport()
+        self.pipe, self.embeddings = load_pipeline(
+            self.model_dir, self.dtype, self.device, flow_shift, self.cache_dir, self.startup
+        )
         if self.distill_lora is not None:
             model.fuse_distill_lora(self.pipe, self.distill_lora)
-        self.pipe.to(self.device)
         model.load_upscaler_adapter(self.pipe, self.upscaler_lora)
         # the request-LoRA slots join the upscaler before any scaling becomes a tensor
         self.slots = LoraSlots.install(
@@ -137,11 +145,12 @@ class ChronoEditEngine(Engine):
 
         self.compiled = compile
         if compile:
-            model.compile_transformer(self.pipe.transformer)
-            self.warm_up()
+            self._compile()
+        self.startup.phases["total"] = round(time.perf_counter() - started, 3)
         log.info(
             "chronoedit loaded model_dir=%s upscaler_lora=%s distill_lora=%s device=%s dtype=%s "
-            "flow_shift=%g max_pass_area=%d compiled=%s safety_checker=%s load_s=%.1f",
+            "flow_shift=%g max_pass_area=%d compiled=%s safety_checker=%s embeddings=%s "
+            "compile_cache=%s phases=%s load_s=%.1f",
             self.model_dir,
             self.upscaler_lora,
             self.distill_lora,
@@ -151,8 +160,32 @@ class ChronoEditEngine(Engine):
             max_pass_area,
             compile,
             self.safety_checker.source if self.safety_checker else None,
+            self.startup.embeddings,
+            self.startup.compile_cache,
+            ",".join(f"{name}:{seconds:g}" for name, seconds in self.startup.phases.items()),
             time.perf_counter() - started,
         )
+
+    def _compile(self) -> None:
+        """Compile and warm up, hot-loading the artifacts a previous start saved for the same
+        torch, GPU, dtype, shapes and transformer (:mod:`.compile_cache`), and saving them."""
+        cache = CompileCache(
+            self.cache_dir,
+            compile_key(
+                self.device,
+                self.dtype,
+                [self.warmup_bucket],
+                dict(self.pipe.transformer.config),
+            ),
+        )
+        with self.startup.phase("compile_cache_load"):
+            self.startup.compile_cache = "hit" if cache.load() else "miss"
+        with self.startup.phase("compile_warmup"):
+            model.compile_transformer(self.pipe.transformer)
+            self.warm_up()
+        if self.startup.compile_cache == "miss":
+            with self.startup.phase("compile_cache_save"):
+                cache.save()
 
     @property
     def warmup_bucket(self) -> tuple[int, int]:
