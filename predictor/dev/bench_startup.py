@@ -198,12 +198,42 @@ def lora_shapes(transformer: Any, rank: int) -> dict[str, tuple]:
     return shapes
 
 
-def estimated_bytes(modules: dict[str, Any], dtype_bytes: int = 2) -> int:
-    return sum(
-        tensor.numel() * dtype_bytes
-        for module in modules.values()
-        for tensor in module.state_dict().values()
+def estimated_bytes(module: Any, dtype_bytes: int = 2) -> int:
+    """What a meta-device module's weights take on disk in bf16 (tied copies left out)."""
+    import math
+
+    skip = set(getattr(module, "_tied_weights_keys", None) or ())
+    return sum(math.prod(shape) * dtype_bytes for shape in tensor_shapes(module, skip).values())
+
+
+def seed_prompt_cache(model_dir: Path, cache_dir: Path, device: Any) -> Path | None:
+    """Random full-size embeddings stored under the key of the text encoder now in
+    ``model_dir`` (for a start that must not load UMT5, e.g. when it was not written)."""
+    import torch
+
+    from predictor.engines import chronoedit_model as model
+    from predictor.engines.prompt_cache import (
+        CachedPrompt,
+        PromptCache,
+        cache_directories,
+        cache_key,
+        encoder_identity,
     )
+
+    identity = encoder_identity(model_dir / "text_encoder", model_dir / "tokenizer")
+    key = cache_key(
+        model.UPSCALER_PROMPT,
+        model.NEGATIVE_PROMPT,
+        model.MAX_SEQUENCE_LENGTH,
+        torch.bfloat16,
+        identity,
+    )
+    shape = (1, model.MAX_SEQUENCE_LENGTH, UMT5_XXL["d_model"])
+    embeddings = CachedPrompt(
+        torch.randn(shape, dtype=torch.bfloat16) * RANDOM_STD,
+        torch.randn(shape, dtype=torch.bfloat16) * RANDOM_STD,
+    )
+    return PromptCache(cache_directories(model_dir, cache_dir)).save(key, embeddings, {})
 
 
 def write_components(
@@ -237,10 +267,15 @@ def write_components(
 
 
 def write_model(
-    directory: Path, full: bool, device: Any, shard_bytes: int = SHARD_BYTES
+    directory: Path, full: bool, device: Any, cache_dir: Path, shard_bytes: int = SHARD_BYTES
 ) -> dict[str, Any]:
     """The tiny model in NVIDIA's layout, with (``full``) its weighted components replaced by
-    full-size random bf16 ones written shard by shard from ``device``."""
+    full-size random bf16 ones written shard by shard from ``device``.
+
+    Where the disk cannot hold UMT5-XXL too, the text encoder is not written (the tiny one
+    stays) and the prompt cache is seeded with random full-size embeddings for it, so the
+    starts still run; ``info["text_encoder"]`` says which.
+    """
     from predictor.dev.tiny_model import build_tiny_model
 
     started = time.perf_counter()
@@ -249,14 +284,22 @@ def write_model(
     info: dict[str, Any] = {"layout": "tiny"}
     if full:
         modules = component_modules(directory, full=True)
-        needed = estimated_bytes(modules)
-        free = shutil.disk_usage(directory).free
-        if free < needed + 2 * GiB:
-            raise OSError(
-                f"not enough disk for the full-size model in {directory}: needs "
-                f"{needed / GiB:.1f} GiB, {free / GiB:.1f} GiB free"
-            )
+        sizes = {name: estimated_bytes(module) for name, module in modules.items()}
+        free = shutil.disk_usage(directory).free - 2 * GiB
+        text_encoder = "written"
+        if free < sum(sizes.values()):
+            text_encoder = "not written (disk): embeddings pre-seeded"
+            del modules["text_encoder"]
+            if free < sum(sizes.values()) - sizes["text_encoder"]:
+                raise OSError(
+                    f"not enough disk for the full-size model in {directory}: needs "
+                    f"{(sum(sizes.values()) - sizes['text_encoder']) / GiB:.1f} GiB without "
+                    f"the text encoder, {free / GiB:.1f} GiB free (2 GiB kept back)"
+                )
         info = write_components(directory, modules, device, shard_bytes)
+        info["text_encoder"] = text_encoder
+        if text_encoder != "written":
+            seed_prompt_cache(directory, cache_dir, device)
         processor = directory / "image_processor" / "preprocessor_config.json"
         config = json.loads(processor.read_text())
         side = CLIP_VIT_H["image_size"]
@@ -369,8 +412,15 @@ def start_once(
     command += ["--t0", repr(t0), "--model-dir", str(model_dir), "--cache-dir", str(cache_dir)]
     command += ["--device", device] + (["--compile"] if compile else [])
     command += ["--render"] if render else []
+    # a new pod's local compiler caches are empty: only --cache-dir carries anything over
+    local = Path(tempfile.mkdtemp(prefix="inductor-", dir=cache_dir.parent))
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(local),
+        "TRITON_CACHE_DIR": str(local / "triton"),
+    }
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         tail = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
         return {
@@ -454,11 +504,13 @@ def check(row: Row, reference: str | None) -> str:
     return "ok"
 
 
-def scenarios(model_dir: Path, full: bool) -> list[tuple[Row, Any]]:
-    """(row, what to do to the files before the start)."""
+def scenarios(model_dir: Path, full: bool, seeded: bool = False) -> list[tuple[Row, Any]]:
+    """(row, what to do to the files before the start); ``seeded``: the prompt cache was
+    seeded because UMT5 was not written, so even the cold start finds it."""
     if full:
+        cold = Row("cold: compile cache empty, embeddings pre-seeded", "hit+miss")
         return [
-            (Row("cold: no caches", "miss+miss"), None),
+            (cold if seeded else Row("cold: no caches", "miss+miss"), None),
             (Row("warm: both caches", "hit+hit"), None),
         ]
     encoder = _encoder_weights(model_dir)[0]
@@ -498,7 +550,7 @@ def run_stage(args: argparse.Namespace) -> list[Row]:
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(cache_dir, ignore_errors=True)
-        write_row.result = write_model(model_dir, full, device)
+        write_row.result = write_model(model_dir, full, device, cache_dir)
         write_row.verdict = "ok"
         say(f"  model written in {write_row.result['write_s']} s")
     except Exception as exc:
@@ -522,7 +574,8 @@ def _run_starts(rows, model_dir, cache_dir, full, device, args, left) -> None:
     }
     expected = EXPECTED_START_S["full" if full else "tiny"]
     reference = None
-    for row, action in scenarios(model_dir, full):
+    seeded = rows[0].result.get("text_encoder", "written") != "written"
+    for row, action in scenarios(model_dir, full, seeded):
         rows.append(row)
         remaining = left() - CLEANUP_RESERVE_S
         if remaining < expected:
