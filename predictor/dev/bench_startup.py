@@ -373,6 +373,7 @@ def child(args: argparse.Namespace) -> int:
             compile=args.compile,
             cache_dir=args.cache_dir,
             loras=LoraSettings(slots=0),
+            **({"max_pass_area": args.max_pass_area} if args.max_pass_area else {}),
         )
         result["ready_s"] = round(time.time() - args.t0, 2)
         result.update(
@@ -404,14 +405,24 @@ def with_rest(phases: dict[str, float]) -> dict[str, float]:
 
 
 def start_once(
-    model_dir: Path, cache_dir: Path, device: str, compile: bool, render: bool, timeout: float
+    model_dir: Path,
+    cache_dir: Path,
+    device: str,
+    compile: bool,
+    render: bool,
+    timeout: float,
+    max_pass_area: int | None = None,
 ) -> dict[str, Any]:
-    """Spawn a fresh process that starts the engine; its result line as a dict."""
+    """Spawn a fresh process that starts the engine; its result line as a dict.
+
+    ``max_pass_area`` (default the engine's) sets the warm-up bucket a compiled start builds.
+    """
     t0 = time.time()
     command = [sys.executable, "-m", "predictor.dev.bench_startup", "--child"]
     command += ["--t0", repr(t0), "--model-dir", str(model_dir), "--cache-dir", str(cache_dir)]
     command += ["--device", device] + (["--compile"] if compile else [])
     command += ["--render"] if render else []
+    command += ["--max-pass-area", str(max_pass_area)] if max_pass_area else []
     # a new pod's local compiler caches are empty: only --cache-dir carries anything over
     local = Path(tempfile.mkdtemp(prefix="inductor-", dir=cache_dir.parent))
     env = {
@@ -676,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--max-pass-area", type=int, help=argparse.SUPPRESS)
     return parser
 
 

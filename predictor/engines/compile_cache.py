@@ -80,13 +80,14 @@ class CompileCache:
             log.info("compile_cache miss path=%s", self.path)
             return False
         started = time.perf_counter()
-        try:
+        try:  # torch logs a torn or foreign file itself and returns None
             info = torch.compiler.load_cache_artifacts(self.path.read_bytes())
-        except Exception as exc:  # a torn or foreign file: compile from scratch instead
+            error = None if info is not None else "no artifacts could be loaded"
+        except Exception as exc:
+            info, error = None, str(exc)[:200]
+        if error is not None:
             log.warning(
-                "compile_cache unreadable path=%s error=%s action=recompile",
-                self.path,
-                str(exc)[:200],
+                "compile_cache unreadable path=%s error=%s action=recompile", self.path, error
             )
             return False
         self.loaded = True

@@ -142,8 +142,8 @@ class PromptCache:
         from safetensors.torch import save_file
 
         tensors = {
-            "positive": embeddings.positive.detach().to("cpu").contiguous(),
-            "negative": embeddings.negative.detach().to("cpu").contiguous(),
+            "positive": embeddings.positive.detach().to("cpu").clone(),
+            "negative": embeddings.negative.detach().to("cpu").clone(),
         }
         metadata = {"key": key, "format": str(FORMAT), **describe}
         for directory in self.directories:
