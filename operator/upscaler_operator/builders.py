@@ -177,17 +177,14 @@ def predictor_deployment_name(owner_name: str) -> str:
     return f"{isvc_name(owner_name)}-predictor"
 
 
-def model_cache_name(owner_name: str) -> str:
-    return f"{owner_name}-model"
+def model_cache_name(owner_name: str, storage_uri: str) -> str:
+    """Named for the URI too: KServe makes sourceModelUri immutable, so another URI is another
+    cache (the old one is deleted once KServe has moved the InferenceService off it)."""
+    return f"{owner_name}-model-{hashlib.sha256(storage_uri.encode()).hexdigest()[:8]}"
 
 
-def model_cache_ref(owner: Owner) -> Ref:
-    return Ref(
-        LOCAL_MODEL_API_VERSION,
-        "localmodelnamespacecaches",
-        owner.namespace,
-        model_cache_name(owner.name),
-    )
+def model_caches_ref(namespace: str) -> Ref:
+    return Ref(LOCAL_MODEL_API_VERSION, "localmodelnamespacecaches", namespace)
 
 
 def node_cached(spec: DeploymentSpec, options: BuildOptions) -> bool:
@@ -366,7 +363,7 @@ def build_model_cache(owner: Owner, spec: DeploymentSpec) -> Child:
         LOCAL_MODEL_API_VERSION,
         "LocalModelNamespaceCache",
         "localmodelnamespacecaches",
-        model_cache_name(owner.name),
+        model_cache_name(owner.name, spec.model.storage_uri or ""),
         "model-cache",
         {},
         {"spec": body},

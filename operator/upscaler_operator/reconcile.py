@@ -33,7 +33,8 @@ from upscaler_operator.builders import (
     autoscaler,
     build_children,
     isvc_name,
-    model_cache_ref,
+    model_cache_name,
+    model_caches_ref,
     node_cached,
     predictor_deployment_name,
     queue_prefix,
@@ -322,12 +323,6 @@ class Reconciler:
             return Outcome(failure=f"InferenceService {isvc_name(owner.name)}: {exc}"), isvc
         if recreating is not None:
             return Outcome(blocked=recreating), None
-        if caches_served and not cached:
-            try:
-                self.remove(model_cache_ref(owner), owner)
-            except KubeError as exc:
-                log.error("deployment=%s/%s delete model cache failed: %s", *_key(owner), exc)
-                return Outcome(failure=f"LocalModelNamespaceCache: {exc}"), isvc
         if options.keda and scaler != KEDA:
             # first, so KEDA hands the Deployment back before KServe's own HPA takes it
             ref = scaled_object_ref(owner)
@@ -362,11 +357,33 @@ class Reconciler:
             prefix=queue_prefix(owner.namespace, owner.name, spec),
             scaled_object=scaled_object,
         )
+        if caches_served:
+            wanted = model_cache_name(owner.name, spec.model.storage_uri or "") if cached else None
+            self._remove_stale_caches(owner, wanted)
         notes = cluster_notes(spec, cached)
         cache_note = model_cache_note(spec, caches_served, node_group_found, isvc)
         if cache_note is not None:
             notes += (cache_note,)
         return Outcome(applied=tuple(applied), autoscaling=scaling, notes=notes), isvc
+
+    def _remove_stale_caches(self, owner: Owner, wanted: str | None) -> None:
+        """Delete this deployment's node caches other than ``wanted``. KServe refuses while
+        an InferenceService still uses one (it moves it at the next admission): that one goes
+        on a later reconcile."""
+        try:
+            caches = self.kube.list_items(model_caches_ref(owner.namespace))
+        except KubeError as exc:
+            log.warning("deployment=%s/%s cannot list node caches: %s", *_key(owner), exc)
+            return
+        for cache in caches:
+            name = cache["metadata"]["name"]
+            if name == wanted or not owned_by(cache, owner):
+                continue
+            ref = Ref(LOCAL_MODEL_API_VERSION, "localmodelnamespacecaches", owner.namespace, name)
+            try:
+                self.remove(ref, owner)
+            except KubeError as exc:
+                log.info("deployment=%s/%s %s kept for now: %s", *_key(owner), name, exc)
 
     def node_group_found(self, spec: DeploymentSpec) -> bool | None:
         """Whether spec.model.cache.nodeGroup exists; None when it cannot be read (RBAC)."""
