@@ -404,6 +404,13 @@ def _add_chronoedit_options(parser: argparse.ArgumentParser) -> None:
         default=_CHRONOEDIT.safety_checker_dir,
         help="StableDiffusionSafetyChecker + CLIPImageProcessor directory (default: no checker)",
     )
+    group.add_argument(
+        "--cache-dir",
+        default=_CHRONOEDIT.cache_dir,
+        help="start-up caches: the prompt's embeddings (when --model-dir is read-only) and "
+        "torch.compile's artifacts (default: $CHRONO_UPSCALER_CACHE_DIR, else "
+        "~/.cache/chrono-upscaler)",
+    )
     _add_lora_options(parser)
 
 
@@ -510,6 +517,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
                 safety_checker_dir=args.safety_checker_dir,
                 threads=args.threads,
                 loras=lora_settings(args),
+                cache_dir=args.cache_dir,
             )
         return options_for(
             args.engine,

@@ -40,7 +40,8 @@ DEFAULT_PREDICTOR_CPU_IMAGE = "ghcr.io/chrono-upscaler/predictor:0.1.0-cpu"
 CPU_TAG_SUFFIX = "-cpu"
 
 PORT = 8080
-#: where KServe's storage initializer puts each storage URI (one emptyDir at the common parent)
+#: where KServe's storage initializer puts each storage URI (one emptyDir at the common parent);
+#: a single legacy storage URI (STORAGE_URI, what the node cache serves) fills it whole
 MODELS_ROOT = "/mnt/models"
 MODEL_DIR = f"{MODELS_ROOT}/model"
 LORA_MOUNTS = {"upscaler": f"{MODELS_ROOT}/upscaler-lora", "distill": f"{MODELS_ROOT}/distill-lora"}
@@ -48,6 +49,14 @@ CATALOG_DIR = "/etc/chrono-upscaler/loras"
 CATALOG_KEY = "catalog.json"
 CATALOG_PATH = f"{CATALOG_DIR}/{CATALOG_KEY}"
 CATALOG_VOLUME = "lora-catalog"
+#: spec.model.cache.claimName: compiled kernels and the prompt's embeddings (--cache-dir)
+STARTUP_CACHE_DIR = "/var/cache/chrono-upscaler"
+STARTUP_CACHE_VOLUME = "startup-cache"
+#: KServe reads a custom container's single storage URI from this env (CustomSpecStorageUri)
+STORAGE_URI_ENV = "STORAGE_URI"
+LOCAL_MODEL_API_VERSION = "serving.kserve.io/v1alpha1"
+#: the InferenceService annotation KServe matches against a cache's nodeGroups
+NODE_GROUP_ANNOTATION = "serving.kserve.io/nodegroup"
 
 #: KServe >= 0.16 names the modes Knative and Standard (its webhook rewrites the old names, which
 #: would make every reconcile see a changed child)
@@ -57,13 +66,18 @@ AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
 #: Knative fails a revision not ready within its progress deadline (10 min by default)
 PROGRESS_DEADLINE_ANNOTATION = "serving.knative.dev/progress-deadline"
-PROGRESS_DEADLINE_MARGIN_S = 300
+PROGRESS_DEADLINE_MARGIN_S = 60
 CATALOG_HASH_ANNOTATION = f"{GROUP}/lora-catalog-hash"
 #: the hash of what the operator last applied; a child whose hash differs is patched
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 #: metadata keys the operator owns on children: a patch removes those it no longer wants
 MANAGED_ANNOTATIONS = frozenset(
-    {DEPLOYMENT_MODE_ANNOTATION, AUTOSCALER_CLASS_ANNOTATION, SPEC_HASH_ANNOTATION}
+    {
+        DEPLOYMENT_MODE_ANNOTATION,
+        AUTOSCALER_CLASS_ANNOTATION,
+        SPEC_HASH_ANNOTATION,
+        NODE_GROUP_ANNOTATION,
+    }
 )
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CONTAINER_NAME = "kserve-container"
@@ -75,8 +89,11 @@ EXTERNAL_AUTOSCALER_CLASS = "external"
 #: the Redis keys of the shared queue (predictor/queue/redis.py): waiting ids, running leases
 WAITING_SUFFIX, RUNNING_SUFFIX = ":waiting", ":running"
 
-#: startup budget: ChronoEdit-14B loads for many minutes from a cold disk; sr in seconds
-STARTUP_PROBE = {"chronoedit": (10, 180), "sr": (5, 36)}  # (period s, failures): 30 min, 3 min
+#: the startup probe's period per engine; its failures follow from the startup budget
+STARTUP_PROBE_PERIOD_S = {"chronoedit": 10, "sr": 5}
+#: the startup budget is this many measured starts (spec.startupSeconds): room for a node-cache
+#: miss that downloads the weights again and an image pull (docs/operator.md, Cold starts)
+STARTUP_BUDGET_FACTOR = 5
 #: the route may run a little past the predictor's own deadline so the predictor answers 504
 ROUTE_TIMEOUT_MARGIN_S = 30
 #: the pod's termination grace period runs this much past the predictor's --shutdown-grace: after
@@ -119,6 +136,8 @@ class BuildOptions:
     predictor_cpu_image: str = DEFAULT_PREDICTOR_CPU_IMAGE  # deployments without: the CPU one
     pod_monitor: bool = False  # the cluster serves monitoring.coreos.com/v1 podmonitors
     keda: bool = False  # the cluster serves keda.sh/v1alpha1 scaledobjects
+    #: the cluster serves LocalModelNamespaceCaches and has spec.model.cache.nodeGroup
+    local_model_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +217,26 @@ def predictor_deployment_name(owner_name: str) -> str:
     return f"{isvc_name(owner_name)}-predictor"
 
 
+def model_cache_name(owner_name: str, storage_uri: str) -> str:
+    """Named for the URI too: KServe makes sourceModelUri immutable, so another URI is another
+    cache (the old one is deleted once KServe has moved the InferenceService off it)."""
+    return f"{owner_name}-model-{hashlib.sha256(storage_uri.encode()).hexdigest()[:8]}"
+
+
+def model_caches_ref(namespace: str) -> Ref:
+    return Ref(LOCAL_MODEL_API_VERSION, "localmodelnamespacecaches", namespace)
+
+
+def node_cached(spec: DeploymentSpec, options: BuildOptions) -> bool:
+    """The weights come from KServe's node-local cache: asked for, and the cluster has it."""
+    return spec.engine == "chronoedit" and spec.model.cache.enabled and options.local_model_cache
+
+
+def startup_budget_s(spec: DeploymentSpec) -> int:
+    """How long a start may take before Kubernetes and Knative give up on it."""
+    return spec.startup_seconds * STARTUP_BUDGET_FACTOR
+
+
 def scaled_object_ref(owner: Owner) -> Ref:
     return Ref(KEDA_API_VERSION, "scaledobjects", owner.namespace, scaled_object_name(owner.name))
 
@@ -236,6 +275,8 @@ def build_children(owner: Owner, spec: DeploymentSpec, options: BuildOptions) ->
     InferenceService: KServe drops its own HPA (autoscalerClass external) before KEDA's appears.
     """
     children = [build_lora_catalog(owner, spec)]
+    if node_cached(spec, options):
+        children.append(build_model_cache(owner, spec))
     if options.pod_monitor:
         children.append(build_pod_monitor(owner, spec))
     children.append(build_inference_service(owner, spec, options))
@@ -346,9 +387,33 @@ def build_pod_monitor(owner: Owner, spec: DeploymentSpec) -> Child:
     )
 
 
-def storage_uris(spec: DeploymentSpec) -> list[dict[str, str]]:
-    """KServe storageUris: the model and any LoRA given as a URI, each at its own mount path."""
-    if spec.engine != "chronoedit":
+def build_model_cache(owner: Owner, spec: DeploymentSpec) -> Child:
+    """A LocalModelNamespaceCache: KServe keeps the model on the node group's disks, and an
+    InferenceService in this namespace whose storage URI matches mounts that copy."""
+    cache = spec.model.cache
+    body: dict[str, Any] = {
+        "sourceModelUri": spec.model.storage_uri or "",
+        "modelSize": cache.model_size,
+        "nodeGroups": [cache.node_group or ""],
+    }
+    if spec.predictor.service_account_name:  # whose credentials fetch the weights
+        body["serviceAccountName"] = spec.predictor.service_account_name
+    return _child(
+        owner,
+        LOCAL_MODEL_API_VERSION,
+        "LocalModelNamespaceCache",
+        "localmodelnamespacecaches",
+        model_cache_name(owner.name, spec.model.storage_uri or ""),
+        "model-cache",
+        {},
+        {"spec": body},
+    )
+
+
+def storage_uris(spec: DeploymentSpec, cached: bool = False) -> list[dict[str, str]]:
+    """KServe storageUris: the model and any LoRA given as a URI, each at its own mount path;
+    none when the node cache serves the model (KServe refuses storageUris beside it)."""
+    if spec.engine != "chronoedit" or cached:
         return []
     entries = [{"uri": spec.model.storage_uri or "", "mountPath": MODEL_DIR}]
     for slot, source in _lora_sources(spec).items():
@@ -376,12 +441,17 @@ def mounted_path(uri: str, mount: str) -> str:
     return mount
 
 
-def model_dir(spec: DeploymentSpec) -> str:
-    """The predictor's --model-dir: the model's mount, plus a pvc:// URI's sub-path."""
+def model_dir(spec: DeploymentSpec, cached: bool = False) -> str:
+    """The predictor's --model-dir: the model's mount, plus a pvc:// URI's sub-path. From the
+    node cache the model fills KServe's single-URI mount, /mnt/models."""
+    if cached:
+        return MODELS_ROOT
     return mounted_path(spec.model.storage_uri or "", MODEL_DIR)
 
 
-def lora_path(slot: str, source: str, spec: DeploymentSpec | None = None) -> str:
+def lora_path(
+    slot: str, source: str, spec: DeploymentSpec | None = None, cached: bool = False
+) -> str:
     """Where a LoRA is inside the pod.
 
     A relative path lives in the model directory. A URI is downloaded into its own mount: a URI
@@ -391,7 +461,7 @@ def lora_path(slot: str, source: str, spec: DeploymentSpec | None = None) -> str
     """
     scheme = uris.scheme_of(source)
     if scheme is None:
-        return f"{model_dir(spec) if spec is not None else MODEL_DIR}/{source}"
+        return f"{model_dir(spec, cached) if spec is not None else MODEL_DIR}/{source}"
     if scheme == "pvc":
         return mounted_path(source, LORA_MOUNTS[slot])
     basename = source.rstrip("/").rsplit("/", 1)[-1]
@@ -400,7 +470,9 @@ def lora_path(slot: str, source: str, spec: DeploymentSpec | None = None) -> str
     return LORA_MOUNTS[slot]
 
 
-def predictor_args(name: str, spec: DeploymentSpec, namespace: str = "default") -> list[str]:
+def predictor_args(
+    name: str, spec: DeploymentSpec, namespace: str = "default", cached: bool = False
+) -> list[str]:
     """``chrono-upscaler`` arguments: the contract with the predictor's ``serve`` command.
 
     Never a secret: a Redis URL from a Secret reaches the predictor as UPSCALER_REDIS_URL (its
@@ -409,11 +481,13 @@ def predictor_args(name: str, spec: DeploymentSpec, namespace: str = "default") 
     args = ["serve", "--host", "0.0.0.0", "--port", str(PORT), "--model-name", name]
     args += ["--engine", spec.engine]
     if spec.engine == "chronoedit":
-        args += ["--model-dir", model_dir(spec), "--dtype", spec.model.dtype]
+        args += ["--model-dir", model_dir(spec, cached), "--dtype", spec.model.dtype]
         args += ["--compile" if spec.model.compile else "--no-compile"]
         args += ["--precision", spec.model.precision]
         for slot, source in _lora_sources(spec).items():
-            args += [f"--{slot}-lora", lora_path(slot, source, spec)]
+            args += [f"--{slot}-lora", lora_path(slot, source, spec, cached)]
+        if spec.model.cache.claim_name:
+            args += ["--cache-dir", STARTUP_CACHE_DIR]
         if spec.pricing.gpu_hourly_usd is not None:
             args += ["--gpu-hourly-usd", _number(spec.pricing.gpu_hourly_usd)]
     elif spec.model.sr_model:
@@ -538,12 +612,14 @@ def _container(
     name: str, namespace: str, spec: DeploymentSpec, options: BuildOptions
 ) -> dict[str, Any]:
     readiness_path = f"/v1/models/{name}"  # KServe's model readiness on the same port
-    period, failures = STARTUP_PROBE[spec.engine]
+    period = STARTUP_PROBE_PERIOD_S[spec.engine]
+    failures = -(-startup_budget_s(spec) // period)
+    cached = node_cached(spec, options)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": predictor_image(spec, options),
         "command": ["chrono-upscaler"],
-        "args": predictor_args(name, spec, namespace),
+        "args": predictor_args(name, spec, namespace, cached),
         "ports": [{"name": "http1", "containerPort": PORT, "protocol": "TCP"}],
         "startupProbe": _probe(readiness_path, period, failures),
         "readinessProbe": _probe(readiness_path, 10, 3),
@@ -554,9 +630,15 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if spec.model.cache.claim_name:
+        container["volumeMounts"].append(
+            {"name": STARTUP_CACHE_VOLUME, "mountPath": STARTUP_CACHE_DIR}
+        )
     if spec.predictor.image_pull_policy:
         container["imagePullPolicy"] = spec.predictor.image_pull_policy
     env = operator_env(spec) + [dict(item) for item in spec.predictor.env]
+    if cached:  # the one storage URI KServe matches against the node cache
+        env.insert(0, {"name": STORAGE_URI_ENV, "value": spec.model.storage_uri or ""})
     if env:
         container["env"] = env
     resources = _resources(spec)
@@ -594,10 +676,12 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
         annotations[AUTOSCALER_CLASS_ANNOTATION] = (
             EXTERNAL_AUTOSCALER_CLASS if scaler == KEDA else "hpa"
         )
+    cached = node_cached(spec, options)
+    if cached:
+        annotations[NODE_GROUP_ANNOTATION] = spec.model.cache.node_group or ""
     pod_annotations = {CATALOG_HASH_ANNOTATION: content_hash(catalog_json(spec))}
     if serverless:
-        period, failures = STARTUP_PROBE[spec.engine]
-        deadline = period * failures + PROGRESS_DEADLINE_MARGIN_S
+        deadline = startup_budget_s(spec) + PROGRESS_DEADLINE_MARGIN_S
         pod_annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
         if scaling.scale_to_zero_grace_period:
             pod_annotations[RETENTION_ANNOTATION] = scaling.scale_to_zero_grace_period
@@ -611,23 +695,35 @@ def build_inference_service(owner: Owner, spec: DeploymentSpec, options: BuildOp
     elif scaler != KEDA:  # KEDA's ScaledObject says what it scales on
         predictor.update(scaleMetric="cpu", scaleTarget=scaling.target_cpu_utilization)
     drain = spec.shutdown_grace + SHUTDOWN_MARGIN_S
+    route = spec.request_timeout_seconds + ROUTE_TIMEOUT_MARGIN_S
+    if serverless:  # Knative's activator holds a request that arrives at zero replicas
+        route += spec.startup_seconds
+    volumes = [{"name": CATALOG_VOLUME, "configMap": {"name": catalog_name(owner.name)}}]
+    if spec.model.cache.claim_name:
+        volumes.append(
+            {
+                "name": STARTUP_CACHE_VOLUME,
+                "persistentVolumeClaim": {"claimName": spec.model.cache.claim_name},
+            }
+        )
     predictor.update(
         {
-            # Knative: the revision's request timeout, and (Knative sets it so) the pod's grace,
-            # which must cover the predictor's --shutdown-grace too
-            "timeout": max(spec.request_timeout_seconds + ROUTE_TIMEOUT_MARGIN_S, drain),
+            # Knative: the revision's request timeout (the activator's too: a request waiting
+            # for a replica to start counts), and (Knative sets it so) the pod's grace, which
+            # must cover the predictor's --shutdown-grace too
+            "timeout": max(route, drain),
             "labels": {DEPLOYMENT_LABEL: owner.name},
             "annotations": pod_annotations,
             **_scheduling(spec),
             "containers": [_container(name, owner.namespace, spec, options)],
-            "volumes": [{"name": CATALOG_VOLUME, "configMap": {"name": catalog_name(owner.name)}}],
+            "volumes": volumes,
         }
     )
     if not serverless:  # Knative refuses this field; it derives the grace period from timeout
         predictor["terminationGracePeriodSeconds"] = drain
     if spec.predictor.service_account_name:
         predictor["serviceAccountName"] = spec.predictor.service_account_name
-    storage = storage_uris(spec)
+    storage = storage_uris(spec, cached)
     if storage:
         predictor["storageUris"] = storage
     return _child(

@@ -33,6 +33,8 @@ CHILD_RESOURCES = (
     ("monitoring.coreos.com", "v1", "podmonitors", frozenset({"DELETED"})),
     # KEDA's status (Ready, Active) is mirrored into the Autoscaling condition
     ("keda.sh", "v1alpha1", "scaledobjects", frozenset({"MODIFIED", "DELETED"})),
+    # spec.model.cache: KServe's node-local copy of the weights
+    ("serving.kserve.io", "v1alpha1", "localmodelnamespacecaches", frozenset({"DELETED"})),
 )
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 

@@ -23,6 +23,7 @@ from upscaler_operator.builders import (
     ISVC_API_VERSION,
     KEDA,
     KEDA_API_VERSION,
+    LOCAL_MODEL_API_VERSION,
     MANAGED_ANNOTATIONS,
     PODMONITOR_API_VERSION,
     SPEC_HASH_ANNOTATION,
@@ -33,6 +34,9 @@ from upscaler_operator.builders import (
     build_children,
     image_errors,
     isvc_name,
+    model_cache_name,
+    model_caches_ref,
+    node_cached,
     predictor_deployment_name,
     queue_prefix,
     scaled_object_name,
@@ -70,6 +74,8 @@ class Result:
 
 #: KServe's own names of the deployment modes, old and new, as its status may record them
 _KSERVE_MODES = {"Serverless": "Knative", "RawDeployment": "Standard"}
+#: the label KServe's webhook puts on an InferenceService it serves from a node cache
+LOCAL_MODEL_LABEL = "internal.serving.kserve.io/localmodel"
 #: a resource KServe serves from 0.18 on, the release whose storage initializer downloads
 #: several storageUris (its ClusterStorageContainer supportsMultiModelDownload)
 KSERVE_018_MARKER = ("serving.kserve.io/v1alpha1", "localmodelnamespacecaches")
@@ -107,17 +113,46 @@ def blocking_hpas(hpas: list[dict[str, Any]], owner: Owner) -> list[str]:
     return found
 
 
-def cluster_notes(spec: DeploymentSpec) -> tuple[str, ...]:
+def cluster_notes(spec: DeploymentSpec, cached: bool = False) -> tuple[str, ...]:
     """What the cluster must allow that the operator cannot see: Knative's PVC features."""
-    pvc = any(entry["uri"].startswith("pvc://") for entry in storage_uris(spec))
+    pvc = any(entry["uri"].startswith("pvc://") for entry in storage_uris(spec, cached))
+    pvc = pvc or cached or spec.model.cache.claim_name is not None
     if pvc and spec.scaling.mode == "Serverless":
         return (
-            "pvc:// storage in Serverless mode needs Knative's "
-            "kubernetes.podspec-persistent-volume-claim and "
+            "pvc:// storage, the node cache and spec.model.cache.claimName in Serverless mode "
+            "need Knative's kubernetes.podspec-persistent-volume-claim and "
             "kubernetes.podspec-persistent-volume-write features enabled (KServe mounts the "
             "claim read-write)",
         )
     return ()
+
+
+def model_cache_note(
+    spec: DeploymentSpec,
+    served: bool,
+    node_group_found: bool | None,
+    isvc: Mapping[str, Any] | None,
+) -> str | None:
+    """What became of spec.model.cache.enabled, for the Ready condition's message."""
+    cache = spec.model.cache
+    if spec.engine != "chronoedit" or not cache.enabled:
+        return None
+    fallback = "; the storage initializer downloads the weights at every start instead"
+    if not served:
+        return (
+            "spec.model.cache: this cluster serves no serving.kserve.io/v1alpha1 "
+            f"LocalModelNamespaceCache (KServe's node-local model cache){fallback}"
+        )
+    if node_group_found is False:
+        group = cache.node_group
+        return f"spec.model.cache.nodeGroup: LocalModelNodeGroup {group} not found{fallback}"
+    labels = ((isvc or {}).get("metadata") or {}).get("labels") or {}
+    if isvc is not None and labels.get(LOCAL_MODEL_LABEL) is None:
+        return (
+            f"spec.model.cache: KServe has not attached the node cache to the InferenceService "
+            f"(is localModel.enabled in its inferenceservice-config?){fallback}"
+        )
+    return f"weights from KServe's node cache on node group {cache.node_group}"
 
 
 def _key(owner: Owner) -> tuple[str, str]:
@@ -262,12 +297,16 @@ class Reconciler:
     def _apply_all(
         self, owner: Owner, spec: DeploymentSpec
     ) -> tuple[Outcome, Mapping[str, Any] | None]:
+        caches_served = self.served(LOCAL_MODEL_API_VERSION, "localmodelnamespacecaches")
+        node_group_found = self.node_group_found(spec) if caches_served else None
         options = BuildOptions(
             predictor_image=self.config.predictor_image,
             predictor_cpu_image=self.config.predictor_cpu_image,
             pod_monitor=self.pod_monitors_served(),
             keda=self.scaled_objects_served(),
+            local_model_cache=caches_served and node_group_found is not False,
         )
+        cached = node_cached(spec, options)
         scaler = autoscaler(spec, options)
         isvc: Mapping[str, Any] | None = None
         scaled_object: Mapping[str, Any] | None = None
@@ -276,7 +315,7 @@ class Reconciler:
             log.warning("deployment=%s/%s %s", *_key(owner), "; ".join(wrong_image))
             ref = Ref(ISVC_API_VERSION, "inferenceservices", owner.namespace, isvc_name(owner.name))
             return Outcome(invalid=wrong_image), self.kube.get(ref)
-        if storage_uris(spec) and self.kserve_too_old():
+        if storage_uris(spec, cached) and self.kserve_too_old():
             message = (
                 "spec.model: the InferenceService needs KServe >= 0.18 (storageUris, downloaded "
                 f"by a storage initializer that supports several); this cluster serves no "
@@ -325,8 +364,45 @@ class Reconciler:
             prefix=queue_prefix(owner.namespace, owner.name, spec),
             scaled_object=scaled_object,
         )
-        notes = cluster_notes(spec)
+        if caches_served:
+            wanted = model_cache_name(owner.name, spec.model.storage_uri or "") if cached else None
+            self._remove_stale_caches(owner, wanted)
+        notes = cluster_notes(spec, cached)
+        cache_note = model_cache_note(spec, caches_served, node_group_found, isvc)
+        if cache_note is not None:
+            notes += (cache_note,)
         return Outcome(applied=tuple(applied), autoscaling=scaling, notes=notes), isvc
+
+    def _remove_stale_caches(self, owner: Owner, wanted: str | None) -> None:
+        """Delete this deployment's node caches other than ``wanted``. KServe refuses while
+        an InferenceService still uses one (it moves it at the next admission): that one goes
+        on a later reconcile."""
+        try:
+            caches = self.kube.list_items(model_caches_ref(owner.namespace))
+        except KubeError as exc:
+            log.warning("deployment=%s/%s cannot list node caches: %s", *_key(owner), exc)
+            return
+        for cache in caches:
+            name = cache["metadata"]["name"]
+            if name == wanted or not owned_by(cache, owner):
+                continue
+            ref = Ref(LOCAL_MODEL_API_VERSION, "localmodelnamespacecaches", owner.namespace, name)
+            try:
+                self.remove(ref, owner)
+            except KubeError as exc:
+                log.info("deployment=%s/%s %s kept for now: %s", *_key(owner), name, exc)
+
+    def node_group_found(self, spec: DeploymentSpec) -> bool | None:
+        """Whether spec.model.cache.nodeGroup exists; None when it cannot be read (RBAC)."""
+        cache = spec.model.cache
+        if not cache.enabled or cache.node_group is None:
+            return None
+        ref = Ref(LOCAL_MODEL_API_VERSION, "localmodelnodegroups", None, cache.node_group)
+        try:
+            return self.kube.get(ref) is not None
+        except KubeError as exc:
+            log.warning("cannot read LocalModelNodeGroup %s: %s", cache.node_group, exc)
+            return None
 
     def kserve_too_old(self) -> bool:
         """KServe serves its v1alpha1 API without the 0.18 marker (unknown counts as new)."""

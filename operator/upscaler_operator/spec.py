@@ -32,6 +32,16 @@ NAME_MESSAGE = (
 )
 
 
+#: a replica's start, pod created → ready with its weights on the node, when spec.startupSeconds
+#: is left out: chronoedit's target with cold compile/prompt caches (docs/operator.md), sr's
+DEFAULT_STARTUP_S = {"chronoedit": 120, "sr": 20}
+CACHE_NODE_GROUP_MESSAGE = "spec.model.cache.nodeGroup is required when the node cache is enabled"
+CACHE_LORA_MESSAGE = (
+    "spec.model.cache: KServe's node cache serves the model's one storage URI and no "
+    "storageUris beside it; put the LoRAs inside the model and give spec.model.upscalerLora "
+    "(and distillLora) as paths relative to it, e.g. upsample_lora_diffusers.safetensors"
+)
+
 #: Knative refuses a scale-to-zero-pod-retention-period above its window maximum (1h)
 MAX_RETENTION_S = 3600
 #: env names KServe's webhook refuses in any predictor container (KServe >= 0.18)
@@ -98,6 +108,16 @@ class Lora:
 
 
 @dataclass(frozen=True)
+class ModelCache:
+    """spec.model.cache: the node-local weight cache, and the start-up cache volume."""
+
+    enabled: bool = False
+    node_group: str | None = None
+    model_size: str = "80Gi"
+    claim_name: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     storage_uri: str | None = None
     upscaler_lora: str | None = None
@@ -108,6 +128,7 @@ class ModelSpec:
     compile: bool = True
     #: chronoedit: the transformer's linear layers, bf16 or fp8 (--precision)
     precision: str = "bf16"
+    cache: ModelCache = field(default_factory=ModelCache)
 
 
 @dataclass(frozen=True)
@@ -243,6 +264,8 @@ class DeploymentSpec:
     predictor: PredictorSpec = field(default_factory=PredictorSpec)
     defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
     request_timeout_seconds: int = 300
+    #: spec.startupSeconds; None: the engine's measured default (``startup_seconds``)
+    startup_seconds_field: int | None = None
     #: seconds the predictor drains after SIGTERM (--shutdown-grace); None: requestTimeoutSeconds
     shutdown_grace_seconds: int | None = None
     queue: QueueSpec | None = None
@@ -254,6 +277,14 @@ class DeploymentSpec:
         if self.shutdown_grace_seconds is not None:
             return self.shutdown_grace_seconds
         return self.request_timeout_seconds
+
+    @property
+    def startup_seconds(self) -> int:
+        """A replica's measured start (pod created → ready): spec.startupSeconds, else the
+        engine's default (``DEFAULT_STARTUP_S``)."""
+        if self.startup_seconds_field is not None:
+            return self.startup_seconds_field
+        return DEFAULT_STARTUP_S[self.engine]
 
     @property
     def gpus(self) -> GpuSpec | None:
@@ -286,6 +317,15 @@ def cross_field_errors(spec: Mapping[str, Any]) -> list[str]:
         )
     if engine == "chronoedit" and "srModel" in model:
         errors.append("spec.model.srModel applies to the sr engine only")
+    cache = model.get("cache")
+    if cache is not None and engine == "sr":
+        errors.append("spec.model.cache applies to the chronoedit engine only")
+    if cache is not None and cache.get("enabled"):
+        if "nodeGroup" not in cache:
+            errors.append(CACHE_NODE_GROUP_MESSAGE)
+        loras = [model.get("upscalerLora"), model.get("distillLora", "")]
+        if loras[0] is None or any("://" in lora for lora in loras if lora is not None):
+            errors.append(CACHE_LORA_MESSAGE)
     scaling, queue = spec.get("scaling", {}), spec.get("queue")
     if scaling.get("minReplicas", 0) > scaling.get("maxReplicas", 1):
         errors.append("spec.scaling.minReplicas must not exceed spec.scaling.maxReplicas")
@@ -570,6 +610,7 @@ def _outputs(raw: Mapping[str, Any] | None, queue: QueueSpec | None) -> OutputsS
 
 def _typed(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> DeploymentSpec:
     model, scaling = spec.get("model", {}), spec["scaling"]
+    cache = model.get("cache", {})
     pricing, predictor = spec.get("pricing", {}), spec.get("predictor", {})
     defaults, gpu = spec.get("defaults", {}), spec.get("gpu")
     queue = _queue(spec.get("queue"), default_redis)
@@ -583,6 +624,12 @@ def _typed(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> D
             sr_model=model.get("srModel"),
             compile=model.get("compile", True),
             precision=model.get("precision", "bf16"),
+            cache=ModelCache(
+                enabled=cache.get("enabled", False),
+                node_group=cache.get("nodeGroup"),
+                model_size=cache.get("modelSize", "80Gi"),
+                claim_name=cache.get("claimName"),
+            ),
         ),
         loras=tuple(Lora(name=item["name"], uri=item["uri"]) for item in spec.get("loras", [])),
         gpu=None
@@ -618,6 +665,7 @@ def _typed(spec: Mapping[str, Any], default_redis: RedisSpec | None = None) -> D
             output_format=defaults.get("outputFormat"),
         ),
         request_timeout_seconds=spec["requestTimeoutSeconds"],
+        startup_seconds_field=spec.get("startupSeconds"),
         shutdown_grace_seconds=spec.get("shutdownGraceSeconds"),
         queue=queue,
         outputs=_outputs(spec.get("outputs"), queue),

@@ -36,6 +36,8 @@ from .blend import (
     plan_pass_tiles,
     tile_shapes,
 )
+from .chronoedit_loader import StartupReport, adopt_pipeline, default_cache_dir, load_pipeline
+from .compile_cache import CompileCache, compile_key
 from .options import GPU_PRECISIONS, ChronoEditOptions
 from .safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
 
@@ -79,6 +81,7 @@ class ChronoEditEngine(Engine):
         flow_shift: float | None = None,
         threads: int | None = None,
         loras: LoraSettings | None = None,
+        cache_dir: str | Path | None = None,
         pipeline: ChronoEditPipeline | None = None,
     ) -> None:
         """Load everything once; a missing file fails here, at start-up, never per request.
@@ -89,9 +92,11 @@ class ChronoEditEngine(Engine):
         quarter of a tile side, at most 128). ``loras``: request-LoRA sources, limits and slots
         (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off. ``compile`` None:
         compiled on CUDA, eager on the CPU. ``precision`` ``fp8``: the transformer blocks' linear
-        layers in float8 (:mod:`.fp8`; refused where the GPU has no fp8). ``pipeline``: an
-        already built pipeline on the CPU instead of loading ``model_dir`` (``make bench-gpu``'s
-        full-size random model); the Upscaler LoRA is still read from its file.
+        layers in float8 (:mod:`.fp8`; refused where the GPU has no fp8). ``cache_dir`` holds
+        the prompt-embedding cache (when the model directory is read-only) and the compile
+        cache (default ``$CHRONO_UPSCALER_CACHE_DIR`` or ``~/.cache/chrono-upscaler``).
+        ``pipeline``: an already built pipeline instead of loading ``model_dir`` (``make
+        bench-gpu``'s full-size random model); the Upscaler LoRA is still read from its file.
         """
         started = time.perf_counter()
         if threads is not None:
@@ -121,11 +126,17 @@ class ChronoEditEngine(Engine):
             flow_shift = model.DISTILL_FLOW_SHIFT if self.distill_lora else model.FLOW_SHIFT
         self.flow_shift = flow_shift
 
-        self.pipe = pipeline or model.load_pipeline(self.model_dir, self.dtype, flow_shift)
-        self.embeddings = model.encode_prompt_once(self.pipe, self.device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        #: how this start went, phase by phase (logged; read by predictor.dev.bench_startup)
+        self.startup = StartupReport()
+        if pipeline is not None:
+            self.pipe, self.embeddings = adopt_pipeline(pipeline, self.device)
+        else:
+            self.pipe, self.embeddings = load_pipeline(
+                self.model_dir, self.dtype, self.device, flow_shift, self.cache_dir, self.startup
+            )
         if self.distill_lora is not None:
             model.fuse_distill_lora(self.pipe, self.distill_lora)
-        self.pipe.to(self.device)
         # the upscaler merged into the weights, every adapted layer ready for one stacked pair
         self.adapters = AdapterStack.install(
             self.pipe.transformer,
@@ -156,10 +167,11 @@ class ChronoEditEngine(Engine):
         self.compiled = False
         if self.device.type == "cuda" if compile is None else compile:
             self.compile()
+        self.startup.phases["total"] = round(time.perf_counter() - started, 3)
         log.info(
             "chronoedit loaded model_dir=%s upscaler_lora=%s distill_lora=%s device=%s dtype=%s "
             "precision=%s flow_shift=%g max_pass_area=%d compiled=%s variants=%s safety_checker=%s "
-            "load_s=%.1f",
+            "embeddings=%s compile_cache=%s phases=%s load_s=%.1f",
             self.model_dir,
             self.upscaler_lora,
             self.distill_lora,
@@ -171,16 +183,35 @@ class ChronoEditEngine(Engine):
             self.compiled,
             ",".join(map(str, self.adapters.variants)),
             self.safety_checker.source if self.safety_checker else None,
+            self.startup.embeddings,
+            self.startup.compile_cache,
+            ",".join(f"{name}:{seconds:g}" for name, seconds in self.startup.phases.items()),
             time.perf_counter() - started,
         )
 
     def compile(self, warm_up: bool = True) -> None:
         """Regional ``torch.compile`` of the transformer blocks, then (by default) the warm-up
-        that compiles every graph variant of the default bucket."""
-        model.compile_transformer(self.pipe.transformer)
-        self.compiled = True
-        if warm_up:
-            self.warm_up()
+        that compiles every graph variant of the default bucket — hot-loading the artifacts a
+        previous start saved for the same torch, GPU, dtype, precision, variants, shapes and
+        transformer (:mod:`.compile_cache`), and saving them after a miss."""
+        config = {
+            **self.pipe.transformer.config,
+            "precision": self.precision,
+            "variants": list(self.adapters.variants),
+        }
+        cache = CompileCache(
+            self.cache_dir, compile_key(self.device, self.dtype, [self.warmup_bucket], config)
+        )
+        with self.startup.phase("compile_cache_load"):
+            self.startup.compile_cache = "hit" if cache.load() else "miss"
+        with self.startup.phase("compile_warmup"):
+            model.compile_transformer(self.pipe.transformer)
+            self.compiled = True
+            if warm_up:
+                self.warm_up()
+        if warm_up and self.startup.compile_cache == "miss":
+            with self.startup.phase("compile_cache_save"):
+                cache.save()
 
     @property
     def warmup_bucket(self) -> tuple[int, int]:

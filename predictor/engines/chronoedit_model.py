@@ -1,4 +1,4 @@
-"""Loading ChronoEdit for upscaling: local weights, the LoRAs, the cached prompt, compilation.
+"""ChronoEdit for upscaling: finding local weights, the LoRAs, the prompt, compilation.
 
 Everything here reads from disk only (``local_files_only``): in a cluster KServe's storage
 initializer has already copied the weights to ``/mnt/models``; on a workstation they may sit in
@@ -8,7 +8,6 @@ the Hugging Face cache. A missing file is a start-up error, never a download.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import re
@@ -153,65 +152,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
-def load_pipeline(model_dir: Path, dtype: torch.dtype, flow_shift: float) -> ChronoEditPipeline:
-    """Load the pipeline on the CPU; the image encoder stays in fp32 as in NVIDIA's examples.
-
-    The scheduler is rebuilt as UniPC with flow sigmas and ``flow_shift`` (NVIDIA's recipe).
-    """
-    from diffusers import ChronoEditPipeline, UniPCMultistepScheduler
-    from transformers import CLIPVisionModel
-
-    image_encoder = CLIPVisionModel.from_pretrained(
-        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True
-    )
-    pipe = ChronoEditPipeline.from_pretrained(
-        model_dir, image_encoder=image_encoder, dtype=dtype, local_files_only=True
-    )
-    pipe.scheduler = UniPCMultistepScheduler.from_config(
-        pipe.scheduler.config,
-        flow_shift=flow_shift,
-        use_flow_sigmas=True,
-        prediction_type="flow_prediction",
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @dataclass(frozen=True)
 class PromptEmbeddings:
     """The fixed prompt's text embeddings: computed once, reused by every request."""
 
     positive: torch.Tensor
     negative: torch.Tensor
-
-
-def encode_prompt_once(pipe: ChronoEditPipeline, device: torch.device) -> PromptEmbeddings:
-    """Run the text encoder on the fixed prompt (and the empty negative), then release it.
-
-    UMT5-XXL is ~11 GB in bf16 and the prompt never changes, so the encoder is used once and
-    dropped; requests pass the cached embeddings (the image encoder still runs per pass: its
-    input is the image).
-    """
-    encoder = pipe.text_encoder
-    if encoder is None:
-        raise ValueError("the model directory has no text_encoder")
-    encoder.to(device)
-    with torch.no_grad():
-        positive, negative = pipe.encode_prompt(
-            prompt=UPSCALER_PROMPT,
-            negative_prompt=NEGATIVE_PROMPT,
-            do_classifier_free_guidance=True,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            device=device,
-            dtype=pipe.transformer.dtype,
-        )
-    pipe.text_encoder = None
-    del encoder
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    assert negative is not None
-    return PromptEmbeddings(positive, negative)
 
 
 def fuse_distill_lora(pipe: ChronoEditPipeline, path: Path) -> None:

@@ -117,6 +117,8 @@ class ChronoEditOptions:
     threads: int | None = None
     #: request LoRAs: sources, limits and slots (docs/loras.md)
     loras: LoraSettings = field(default_factory=LoraSettings)
+    #: prompt-embedding and compile caches (None: $CHRONO_UPSCALER_CACHE_DIR or ~/.cache/…)
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -14,6 +14,7 @@ a message naming the field, or accepted by every rule here.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import re
 from collections.abc import Iterator
@@ -143,7 +144,87 @@ def kserve_validation_errors(isvc: dict[str, Any]) -> list[str]:
             if item["name"] in KSERVE_BLOCKED_ENV:
                 errors.append(f"setting {item['name']} in container {container['name']!r}")
     errors += storage_uris_errors(predictor.get("storageUris") or [])
+    if custom_storage_uri(isvc) is not None and predictor.get("storageUris"):
+        errors.append("Setting both StorageURI and StorageURIs is not supported.")
     return errors
+
+
+#: KServe v0.20.0, pkg/constants/constants.go: what its webhook writes on a cached service
+LOCAL_MODEL_LABEL = "internal.serving.kserve.io/localmodel"
+LOCAL_MODEL_NAMESPACE_LABEL = "internal.serving.kserve.io/localmodel-namespace"
+LOCAL_MODEL_SOURCE_ANNOTATION = "internal.serving.kserve.io/localmodel-sourceuri"
+LOCAL_MODEL_PVC_ANNOTATION = "internal.serving.kserve.io/localmodel-pvc-name"
+
+
+def custom_storage_uri(isvc: dict[str, Any]) -> str | None:
+    """A custom predictor's single storage URI: the STORAGE_URI env of kserve-container
+    (KServe v0.20.0, pkg/apis/serving/v1beta1/predictor_custom.go, GetStorageUri)."""
+    for container in predictor_of(isvc).get("containers") or []:
+        if container["name"] == "kserve-container":
+            for item in container.get("env") or []:
+                if item["name"] == "STORAGE_URI":
+                    return item.get("value")
+    return None
+
+
+def match_storage_uri(cached: str, storage: str) -> bool:
+    """KServe v0.20.0, pkg/apis/serving/v1alpha1/storage_uri_utils.go, MatchStorageURI: the
+    same URI or one below it."""
+    cached, storage = cached.removesuffix("/"), storage.removesuffix("/")
+    return storage == cached or storage.startswith(cached + "/")
+
+
+def storage_key(uri: str) -> str:
+    """KServe v0.20.0, local_model_cache_types.go, GetStorageKey: the folder of a cached URI."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def kserve_local_model(
+    isvc: dict[str, Any], caches: list[dict[str, Any]]
+) -> tuple[str, str, str] | None:
+    """What KServe's defaulting webhook attaches (KServe v0.20.0,
+    pkg/apis/serving/v1beta1/inference_service_defaults.go, setLocalModelLabel): the first
+    LocalModelNamespaceCache of the namespace whose sourceModelUri matches the predictor's
+    storage URI and, when the InferenceService names a node group, lists it. Returns (cache,
+    PVC, the URI the storage initializer is then given: storage_initializer_injector.go)."""
+    uri = custom_storage_uri(isvc)
+    if uri is None:
+        return None
+    annotations = isvc["metadata"].get("annotations") or {}
+    group = annotations.get("serving.kserve.io/nodegroup")
+    for cache in caches:
+        if cache["metadata"]["namespace"] != isvc["metadata"]["namespace"]:
+            continue
+        spec = cache["spec"]
+        if not match_storage_uri(spec["sourceModelUri"], uri):
+            continue
+        if group is not None and group not in spec["nodeGroups"]:
+            continue
+        pvc = f"{cache['metadata']['name']}-{group or spec['nodeGroups'][0]}"
+        sub_path = uri.removeprefix(spec["sourceModelUri"])
+        sub_path = sub_path if sub_path.startswith("/") else "/" + sub_path
+        source = f"pvc://{pvc}/models/{storage_key(spec['sourceModelUri'])}{sub_path}"
+        return cache["metadata"]["name"], pvc, source
+    return None
+
+
+def local_model_cache_errors(cache: dict[str, Any], node_groups: set[str]) -> list[str]:
+    """KServe v0.20.0's webhook on a LocalModelNamespaceCache
+    (pkg/webhook/admission/localmodelnamespacecache/local_model_namespace_cache_validation.go,
+    validateNodeGroups): every node group must exist."""
+    return [
+        f"NodeGroup {group} not found"
+        for group in cache["spec"]["nodeGroups"]
+        if group not in node_groups
+    ]
+
+
+def local_model_cache_update_error(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The CRD's rule on spec.sourceModelUri (local_model_namespace_cache_types.go):
+    self == oldSelf."""
+    if old["spec"]["sourceModelUri"] != new["spec"]["sourceModelUri"]:
+        return "StorageUri is immutable"
+    return None
 
 
 def storage_uris_errors(entries: list[dict[str, str]]) -> list[str]:
@@ -504,9 +585,20 @@ class Cluster:
     other class (a later reconcile, as in KServe's raw HPA reconciler).
     """
 
-    def __init__(self, kserve_resources: set[str] | None = None, keda: bool = True) -> None:
+    def __init__(
+        self,
+        kserve_resources: set[str] | None = None,
+        keda: bool = True,
+        node_groups: tuple[str, ...] = (),
+        local_model_enabled: bool = True,
+    ) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.keda = keda
+        #: inferenceservice-config's localModel.enabled: KServe attaches node caches at all
+        self.local_model_enabled = local_model_enabled
+        for group in node_groups:
+            ref = Ref("serving.kserve.io/v1alpha1", "localmodelnodegroups", None, group)
+            self.objects[ref.path] = {"metadata": {"name": group}, "spec": {}}
         self.kserve_resources = kserve_resources or {
             "servingruntimes",
             "localmodelnamespacecaches",
@@ -535,8 +627,39 @@ class Cluster:
             errors += keda_validation_errors(new)
             if error := keda_hpa_conflict(new, self.hpas(ref.namespace or "")):
                 errors.append(error)
+        elif ref.plural == "localmodelnamespacecaches":
+            errors += local_model_cache_errors(new, self.node_groups())
+            if old is not None and (error := local_model_cache_update_error(old, new)):
+                errors.append(error)
         if errors:
             raise KubeError(400, "BadRequest", "; ".join(errors))
+
+    def node_groups(self) -> set[str]:
+        ref = Ref("serving.kserve.io/v1alpha1", "localmodelnodegroups", None)
+        return {body["metadata"]["name"] for body in self.list_items(ref)}
+
+    def _default(self, ref: Ref, body: dict[str, Any]) -> None:
+        """KServe's defaulting webhook on an InferenceService: the node-cache label and
+        annotations (setLocalModelLabel), or none of them."""
+        if ref.plural != "inferenceservices":
+            return
+        meta = body["metadata"]
+        labels, annotations = meta.setdefault("labels", {}), meta.setdefault("annotations", {})
+        for key in (LOCAL_MODEL_LABEL, LOCAL_MODEL_NAMESPACE_LABEL):
+            labels.pop(key, None)
+        for key in (LOCAL_MODEL_SOURCE_ANNOTATION, LOCAL_MODEL_PVC_ANNOTATION):
+            annotations.pop(key, None)
+        caches = self.list_items(
+            Ref("serving.kserve.io/v1alpha1", "localmodelnamespacecaches", ref.namespace)
+        )
+        found = kserve_local_model(body, caches) if self.local_model_enabled else None
+        if found is not None:
+            name, pvc, _ = found
+            (cache,) = [c for c in caches if c["metadata"]["name"] == name]
+            labels[LOCAL_MODEL_LABEL] = name
+            labels[LOCAL_MODEL_NAMESPACE_LABEL] = ref.namespace or ""
+            annotations[LOCAL_MODEL_SOURCE_ANNOTATION] = cache["spec"]["sourceModelUri"]
+            annotations[LOCAL_MODEL_PVC_ANNOTATION] = pvc
 
     def create(self, ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
         if ref.plural == "events":
@@ -546,6 +669,7 @@ class Cluster:
             raise KubeError(409, "AlreadyExists", "exists")
         self._admit(ref, None, body)
         stored = copy.deepcopy(body)
+        self._default(ref, stored)
         stored["metadata"]["uid"] = f"uid-{next(self._uid)}"
         self.objects[ref.path] = stored
         return copy.deepcopy(stored)
@@ -554,6 +678,7 @@ class Cluster:
         old = self.objects[ref.path]
         new = jsonpatch.apply_patch(old, operations)
         self._admit(ref, old, new)
+        self._default(ref, new)
         self.objects[ref.path] = new
         return copy.deepcopy(new)
 
@@ -568,6 +693,22 @@ class Cluster:
         return copy.deepcopy(body)
 
     def delete(self, ref: Ref) -> None:
+        if ref.plural == "localmodelnamespacecaches":  # KServe's ValidateDelete
+            isvcs = self.list_items(
+                Ref("serving.kserve.io/v1beta1", "inferenceservices", ref.namespace)
+            )
+            for isvc in isvcs:
+                labels = isvc["metadata"].get("labels") or {}
+                if (
+                    labels.get(LOCAL_MODEL_LABEL) == ref.name
+                    and labels.get(LOCAL_MODEL_NAMESPACE_LABEL) == ref.namespace
+                ):
+                    raise KubeError(
+                        400,
+                        "BadRequest",
+                        f"LocalModelNamespaceCache {ref.namespace}/{ref.name} is being used by "
+                        f"InferenceService {ref.namespace}/{isvc['metadata']['name']}",
+                    )
         self.objects.pop(ref.path, None)
         for path, body in list(self.objects.items()):  # garbage collection of dependents
             owners = (body.get("metadata") or {}).get("ownerReferences") or []

@@ -48,6 +48,9 @@ def test_operator_rbac_is_least_privilege() -> None:
         ("monitoring.coreos.com", "podmonitors"): child_verbs,
         ("keda.sh", "scaledobjects"): child_verbs,  # RawDeployment's queue-length autoscaler
         ("autoscaling", "horizontalpodautoscalers"): {"list"},  # KServe's HPA gone before KEDA?
+        # spec.model.cache: KServe's node cache, and whether its node group exists
+        ("serving.kserve.io", "localmodelnamespacecaches"): child_verbs,
+        ("serving.kserve.io", "localmodelnodegroups"): {"get"},
     }
 
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def startup_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """The engines' start-up caches (compiled kernels, prompt embeddings) go to a temporary
+    directory, never to the home directory (``CHRONO_UPSCALER_CACHE_DIR``)."""
+    directory = tmp_path_factory.mktemp("startup-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHRONO_UPSCALER_CACHE_DIR", str(directory))
+        yield directory
 
 
 @pytest.fixture(scope="session")
