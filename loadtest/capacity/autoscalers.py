@@ -137,7 +137,7 @@ class Kpa:
         over = panic / per_pod / ready >= s.panic_threshold_pct / 100.0
         if over:
             self._panic_since = now
-        elif self._panic_since is not None and now - self._panic_since >= s.stable_window_s:
+        elif self._panic_since is not None and now - self._panic_since > s.stable_window_s:
             self._panic_since = None
         if self._panic_since is not None:
             self._max_panic = max(self._max_panic, want_panic)

@@ -12,8 +12,11 @@ wait in, and the autoscaler's loop.
   cached on a node that did (nodes are kept). Removing one takes a starting replica first, then
   an idle one, else the least busy, which stops taking work and finishes what it holds.
   A replica is paid for from its creation until it is gone.
-* **Time.** A request's latency is its wait, its engine time, and ``overhead_s`` (HTTP, queue
-  polling, the download) that holds no engine slot.
+* **Claims.** A replica working the shared queue looks for work every ``claim_poll_s`` (the
+  predictor's Redis consumer polls every 0.1 s): a free slot takes the next request after a
+  delay drawn uniformly from [0, poll), during which the slot is held and the request waits.
+* **Time.** A request's latency is its wait, its engine time, and ``overhead_s`` (HTTP, the
+  client's status polls, the download) that holds no engine slot.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from loadtest.capacity import autoscalers
 from loadtest.capacity.deployment import HPA, KEDA, KNATIVE, Deployment
 from loadtest.capacity.service import ServiceModel
 from loadtest.capacity.traffic import Arrivals, ClosedLoop, Traffic
+from predictor.queue.redis import POLL_S
 
 STARTING, READY, DRAINING, GONE = "starting", "ready", "draining", "gone"
 #: seconds a closed-loop user waits after a refusal (the load test's --shed-backoff)
@@ -43,6 +47,8 @@ class SimSettings:
     #: ``fixed`` engine times, or ``exponential`` around them (the M/M/c checks)
     service_distribution: str = "fixed"
     overhead_s: float = 0.0
+    #: seconds between a replica's looks at the shared queue (the predictor's Redis consumer)
+    claim_poll_s: float = POLL_S
     seed: int = 0
     #: seconds between samples of the replica timeline
     sample_s: float = 60.0
@@ -157,6 +163,9 @@ class Simulation:
         self.cold: list[bool] = []
         self.done_events: dict[int, simpy.Event] = {}
         self.outstanding = 0
+        #: every request has arrived; then ``drained`` fires when the last one is answered
+        self.all_in = False
+        self.drained = self.env.event()
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -321,12 +330,26 @@ class Simulation:
             if replica.state != READY or replica.busy >= self.d.slots:
                 continue  # stale: the replica was removed since
             self._waiting_level(-1)
-            self._run(replica, self.waiting.popleft())
+            request = self.waiting.popleft()
+            if self.s.claim_poll_s:
+                replica.busy += 1  # the slot is taken while its consumer wakes up
+                delay = self.rng.uniform(0.0, self.s.claim_poll_s)
+                self.env.timeout(delay).callbacks.append(
+                    lambda _e, r=replica, q=request: self._claimed(r, q)
+                )
+            else:
+                self._run(replica, request)
+
+    def _claimed(self, replica: _Replica, request: int) -> None:
+        replica.busy -= 1
+        self._run(replica, request)
 
     def _finished(self, request: int) -> None:
         event = self.done_events.pop(request, None)
         if event is not None:
             event.succeed()
+        if self.outstanding == 0 and self.all_in and not self.drained.triggered:
+            self.drained.succeed()
 
     # -- processes --------------------------------------------------------------------------
 
@@ -349,8 +372,8 @@ class Simulation:
 
     def _autoscale(self):
         while True:
-            yield self.env.timeout(self.scaler.tick_s)
             self._tick()
+            yield self.env.timeout(self.scaler.tick_s)
 
     def _sample(self):
         while True:
@@ -395,21 +418,25 @@ class Simulation:
             initial = max(1, initial)
         for _ in range(initial):
             self._add_replica(warm=True)
-        self.env.process(self._autoscale())
-        self.env.process(self._sample())
+        duration = traffic.duration_s
         if isinstance(traffic, ClosedLoop):
-            duration = traffic.duration_s
             rng = np.random.default_rng(self.s.seed)
+            arrived = self.env.timeout(duration)
             for _ in range(traffic.users):
                 self.env.process(self._user(traffic, rng))
         else:
-            duration = traffic.duration_s
-            self.env.process(self._open(traffic))
-        self.env.run(until=duration)
+            arrived = self.env.process(self._open(traffic))
+        # after the traffic, so that the autoscaler's first look (t=0) sees the first arrivals
+        self.env.process(self._autoscale())
+        self.env.process(self._sample())
+        self.env.run(until=arrived)
+        if self.env.now < duration:
+            self.env.run(until=duration)
+        self.all_in = True
         # let the work in hand finish (bounded: a deployment that never catches up stops here)
-        limit = duration + max(3600.0, duration)
-        while self.outstanding and self.env.now < limit:
-            self.env.run(until=min(self.env.now + 60.0, limit))
+        if self.outstanding:
+            limit = self.env.timeout(max(3600.0, duration))
+            self.env.run(until=self.drained | limit)
         elapsed = self.env.now
         for replica in self.replicas + self.draining:
             self.replica_seconds += elapsed - replica.created

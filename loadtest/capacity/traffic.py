@@ -64,9 +64,13 @@ class Arrivals:
     pixels: np.ndarray
     steps: np.ndarray | None = None
     loras: np.ndarray | None = None
+    #: the traffic's span (None: until the last arrival)
+    horizon_s: float | None = None
 
     @property
     def duration_s(self) -> float:
+        if self.horizon_s is not None:
+            return self.horizon_s
         return float(self.times[-1]) if len(self.times) else 0.0
 
 
@@ -94,7 +98,7 @@ def _thinned(
     times = np.sort(rng.uniform(0.0, duration_s, size=count))
     keep = rng.uniform(0.0, peak, size=count) < rate(times)
     times = times[keep]
-    return Arrivals(times=times, pixels=sizes.draw(rng, len(times)))
+    return Arrivals(times=times, pixels=sizes.draw(rng, len(times)), horizon_s=duration_s)
 
 
 def constant(rate: float, duration_s: float, sizes: SizeMix, seed: int = 0) -> Arrivals:
