@@ -69,13 +69,13 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     s.add_argument("--lora-seconds", type=_non_negative, default=None)
     s.add_argument("--cold-start", type=_non_negative, default=None, help="seconds, a cold node")
     s.add_argument("--cached-start", type=_non_negative, default=None, help="seconds, cached")
+    s.add_argument("--service-distribution", choices=("fixed", "exponential"), default="fixed")
     s.add_argument(
-        "--service-distribution", choices=("fixed", "exponential"), default="fixed"
-    )
-    s.add_argument(
-        "--overhead", type=_non_negative, default=0.0,
+        "--overhead",
+        type=_non_negative,
+        default=0.0,
         help="seconds per request outside the engine (HTTP, queue polling, download)",
-    )  # fmt: skip
+    )
     o = sub.add_argument_group("outputs")
     o.add_argument("--hourly-usd", type=_non_negative, help="price of one replica-hour")
     o.add_argument("--client-timeout", type=_positive, help="default: requestTimeoutSeconds")
@@ -94,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inputs(rec)
     rec.add_argument("--p95", type=_positive, required=True, help="seconds, end to end")
     rec.add_argument(
-        "--max-replicas-limit", type=int, default=None,
+        "--max-replicas-limit",
+        type=int,
+        default=None,
         help="the most replicas to consider (default: 2 × maxReplicas, at least 8)",
-    )  # fmt: skip
+    )
     cmp_ = commands.add_parser(
         "compare", help="the simulator against a real local sr run (Redis, several replicas)"
     )
@@ -167,9 +169,14 @@ def build_traffic(args: argparse.Namespace) -> traffic.Traffic:
         )
     if kind == "bursts":
         return traffic.bursts(
-            need("rate"), need("burst-rate"), args.burst_every, args.burst_for, args.duration,
-            mix, args.seed,
-        )  # fmt: skip
+            need("rate"),
+            need("burst-rate"),
+            args.burst_every,
+            args.burst_for,
+            args.duration,
+            mix,
+            args.seed,
+        )
     if kind == "trace":
         return traffic.load_trace(need("trace"), mix if (args.sizes or args.profile) else None)
     users = need("users")
@@ -204,9 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sim, document, timeout = settings_from_args(args)
     except (
-        InputError, deployment_module.DeploymentError, service.ServiceError,
+        InputError,
+        deployment_module.DeploymentError,
+        service.ServiceError,
         traffic.TrafficError,
-    ) as exc:  # fmt: skip
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "simulate":

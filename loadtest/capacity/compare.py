@@ -89,9 +89,11 @@ def _journey(client, base: str, body: bytes) -> tuple[float, float]:
     from loadtest.users import SUBMIT_PATH, with_logs
 
     started = time.perf_counter()
-    handle = client.post(
-        base + SUBMIT_PATH, content=body, headers={"content-type": "application/json"}
-    ).raise_for_status().json()  # fmt: skip
+    handle = (
+        client.post(base + SUBMIT_PATH, content=body, headers={"content-type": "application/json"})
+        .raise_for_status()
+        .json()
+    )
     while True:
         document = client.get(with_logs(handle["status_url"])).raise_for_status().json()
         if document["status"] == "COMPLETED":
@@ -128,11 +130,29 @@ def calibrate(base: str, profile: str, pool: int, seed: int, repeats: int) -> di
 
 def load_run(base: str, args: argparse.Namespace, out: Path) -> dict:
     command = [
-        sys.executable, "-m", "loadtest", "run", "--url", base, "--mode", "queue",
-        "--profile", args.profile, "--users", str(args.users), "--spawn-rate",
-        str(args.users), "--duration", f"{args.duration:g}s", "--pool", str(args.pool),
-        "--seed", str(args.seed), "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "loadtest",
+        "run",
+        "--url",
+        base,
+        "--mode",
+        "queue",
+        "--profile",
+        args.profile,
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.users),
+        "--duration",
+        f"{args.duration:g}s",
+        "--pool",
+        str(args.pool),
+        "--seed",
+        str(args.seed),
+        "--out",
+        str(out),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=args.duration + 900)
     return json.loads((out / "results.json").read_text())
 
@@ -188,7 +208,7 @@ def render(report: dict) -> str:
             f"({sim['p95_ratio']:.2f}×) | {sim['images_per_s']:.2f} "
             f"({sim['throughput_ratio']:.2f}×) | {sim['replicas']} |"
         )
-    c = report["config"]
+    c, calibration = report["config"], report["calibration"]
     return "\n".join(
         [
             f"# Simulated vs measured: sr, {c['replicas']} replicas on Redis, {c['users']} users,"
@@ -200,9 +220,9 @@ def render(report: dict) -> str:
             f"| {measured['images_per_s']:.2f} | {c['replicas']} (fixed) |",
             *rows,
             "",
-            f"Calibration (unloaded): engine {report['calibration']['mean_engine_s']:.3f} s per "
-            f"image on average over the pool's sizes, overhead {report['calibration']['overhead_s']:.3f}"
-            f" s per request. Under load the engine took {measured['mean_inference_s']:.3f} s "
+            f"Calibration (unloaded): engine {calibration['mean_engine_s']:.3f} s per image on "
+            f"average over the pool's sizes, overhead {calibration['overhead_s']:.3f} s per "
+            f"request. Under load the engine took {measured['mean_inference_s']:.3f} s "
             f"({report['contention']:.2f}× the calibrated mean) and the rest of a request "
             f"(end to end − wait − engine) {measured['overhead_s']:.3f} s. "
             f"Load average before the run: {report['loadavg_before']:.2f} "

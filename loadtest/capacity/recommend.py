@@ -94,9 +94,15 @@ def recommend(
                     "scaleToZeroGracePeriod": grace,
                 }
                 found = _smallest_max(
-                    document, base, fields, p95_target_s, max(1, minimum), max_replicas_limit,
-                    summarize, log,
-                )  # fmt: skip
+                    document,
+                    base,
+                    fields,
+                    p95_target_s,
+                    max(1, minimum),
+                    max_replicas_limit,
+                    summarize,
+                    log,
+                )
                 if found is None:
                     continue
                 found_cost = cost_of(found.results)

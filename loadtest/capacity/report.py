@@ -32,8 +32,9 @@ def render_markdown(results: dict) -> str:
     lines = [
         f"# Capacity plan: {d['name']} ({d['engine']}, {d['autoscaler']})",
         "",
-        f"Simulated {results['duration_s'] / 3600:.2f} h of traffic ({results['elapsed_s'] / 3600:.2f} h "
-        f"with the work in hand finished); replicas {d['min_replicas']}–{d['max_replicas']}, "
+        f"Simulated {results['duration_s'] / 3600:.2f} h of traffic "
+        f"({results['elapsed_s'] / 3600:.2f} h with the work in hand finished); "
+        f"replicas {d['min_replicas']}–{d['max_replicas']}, "
         f"{d['gpus_per_replica']} GPU(s) each, {usd(hourly)}/replica-hour.",
         "",
         "## Requests",

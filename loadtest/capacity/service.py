@@ -81,7 +81,9 @@ def _number(raw: Any, path: str, *, positive: bool = False) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ServiceError(f"{path}: expected a number, got {raw!r}")
     if raw < 0 or (positive and raw == 0):
-        raise ServiceError(f"{path}: expected a {'positive' if positive else 'non-negative'} number")
+        raise ServiceError(
+            f"{path}: expected a {'positive' if positive else 'non-negative'} number"
+        )
     return float(raw)
 
 

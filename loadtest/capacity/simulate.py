@@ -82,7 +82,7 @@ class Outcome:
 
 
 class _Replica:
-    __slots__ = ("index", "node", "state", "busy", "queue", "created")
+    __slots__ = ("busy", "created", "index", "node", "queue", "state")
 
     def __init__(self, index: int, node: int, created: float) -> None:
         self.index, self.node, self.created = index, node, created
@@ -378,9 +378,14 @@ class Simulation:
     def _sample(self):
         while True:
             self.timeline.append(
-                (self.env.now, len(self.replicas), len(self.ready), self.waiting_count,
-                 self.running)
-            )  # fmt: skip
+                (
+                    self.env.now,
+                    len(self.replicas),
+                    len(self.ready),
+                    self.waiting_count,
+                    self.running,
+                )
+            )
             yield self.env.timeout(self.s.sample_s)
 
     def _open(self, arrivals: Arrivals):
@@ -413,7 +418,9 @@ class Simulation:
 
     def run(self) -> Outcome:
         traffic = self.s.traffic
-        initial = self.d.min_replicas if self.s.initial_replicas is None else self.s.initial_replicas
+        initial = (
+            self.d.min_replicas if self.s.initial_replicas is None else self.s.initial_replicas
+        )
         if self.d.autoscaler == HPA:
             initial = max(1, initial)
         for _ in range(initial):

@@ -89,9 +89,12 @@ Traffic = Arrivals | ClosedLoop
 
 
 def _thinned(
-    rate: Callable[[np.ndarray], np.ndarray], peak: float, duration_s: float, sizes: SizeMix,
+    rate: Callable[[np.ndarray], np.ndarray],
+    peak: float,
+    duration_s: float,
+    sizes: SizeMix,
     rng: np.random.Generator,
-) -> Arrivals:  # fmt: skip
+) -> Arrivals:
     if peak <= 0 or duration_s <= 0:
         raise TrafficError("the rate and the duration must be positive")
     count = rng.poisson(peak * duration_s)
@@ -108,9 +111,13 @@ def constant(rate: float, duration_s: float, sizes: SizeMix, seed: int = 0) -> A
 
 
 def daily(
-    peak: float, trough: float, duration_s: float, sizes: SizeMix, peak_hour: float = 14.0,
+    peak: float,
+    trough: float,
+    duration_s: float,
+    sizes: SizeMix,
+    peak_hour: float = 14.0,
     seed: int = 0,
-) -> Arrivals:  # fmt: skip
+) -> Arrivals:
     """A day's curve: ``trough`` req/s at night rising on a cosine to ``peak`` at ``peak_hour``."""
     if not 0 <= trough <= peak:
         raise TrafficError("--trough-rate must be between 0 and --peak-rate")
@@ -124,18 +131,26 @@ def daily(
 
 
 def bursts(
-    base: float, burst_rate: float, every_s: float, burst_s: float, duration_s: float,
-    sizes: SizeMix, seed: int = 0,
-) -> Arrivals:  # fmt: skip
+    base: float,
+    burst_rate: float,
+    every_s: float,
+    burst_s: float,
+    duration_s: float,
+    sizes: SizeMix,
+    seed: int = 0,
+) -> Arrivals:
     """``base`` req/s, and ``burst_rate`` for ``burst_s`` at the start of every ``every_s``."""
     if burst_s <= 0 or every_s < burst_s:
         raise TrafficError("--burst-for must be positive and at most --burst-every")
     rng = np.random.default_rng(seed)
     peak = max(base, burst_rate)
     return _thinned(
-        lambda t: np.where(np.mod(t, every_s) < burst_s, burst_rate, base), peak, duration_s,
-        sizes, rng,
-    )  # fmt: skip
+        lambda t: np.where(np.mod(t, every_s) < burst_s, burst_rate, base),
+        peak,
+        duration_s,
+        sizes,
+        rng,
+    )
 
 
 def _seconds(value: str, row: int, column: str) -> float:

@@ -33,11 +33,15 @@ def ud(spec: dict, name: str = "planner") -> dict:
 def queue_deployment(replicas: int, **scaling) -> deployment.Deployment:
     spec = {
         "engine": "sr",
-        "scaling": {"mode": "RawDeployment", "minReplicas": replicas, "maxReplicas": replicas,
-                    **scaling},
+        "scaling": {
+            "mode": "RawDeployment",
+            "minReplicas": replicas,
+            "maxReplicas": replicas,
+            **scaling,
+        },
         "queue": {"redis": {"url": "redis://redis:6379/0"}, "maxQueued": 1_000_000},
         "pricing": {"cpuHourlyUsd": 1.0},
-    }  # fmt: skip
+    }
     return deployment.parse_document(ud(spec))
 
 
@@ -111,10 +115,13 @@ def test_queue_deployment_is_keda_and_prices_gpus() -> None:
                 "model": {"storageUri": "hf://o/r"},
                 "gpu": {"count": 2},
                 "pricing": {"gpuHourlyUsd": 3.0},
-                "scaling": {"mode": "RawDeployment", "maxReplicas": 8,
-                            "scaleToZeroGracePeriod": "15m"},
+                "scaling": {
+                    "mode": "RawDeployment",
+                    "maxReplicas": 8,
+                    "scaleToZeroGracePeriod": "15m",
+                },
                 "queue": {"maxQueued": 50},
-            }  # fmt: skip
+            }
         )
     )
     assert parsed.autoscaler == "keda" and parsed.shared_queue
@@ -124,7 +131,7 @@ def test_queue_deployment_is_keda_and_prices_gpus() -> None:
 
 
 def test_an_invalid_spec_names_the_field() -> None:
-    with pytest.raises(deployment.DeploymentError, match="spec.scaling.minReplicas"):
+    with pytest.raises(deployment.DeploymentError, match=r"spec\.scaling\.minReplicas"):
         deployment.parse_document(ud({"engine": "sr", "scaling": {"minReplicas": 3}}))
     with pytest.raises(deployment.DeploymentError, match="kind"):
         deployment.parse_document({"kind": "Deployment"})
@@ -163,8 +170,10 @@ def test_service_times_interpolate_in_pixels_with_steps_and_loras() -> None:
         ({"points": [{"width": 1, "height": 1}]}, "points[0]"),
         ({"points": [{"width": 0, "height": 1, "seconds": 1}]}, "points[0].width"),
         ({"points": [{"width": 1, "height": 1, "step_seconds": 1}]}, "default_steps"),
-        ({"points": [{"width": 1, "height": 1, "seconds": 1}], "startup": {"cold_seconds": -1}},
-         "startup.cold_seconds"),  # fmt: skip
+        (
+            {"points": [{"width": 1, "height": 1, "seconds": 1}], "startup": {"cold_seconds": -1}},
+            "startup.cold_seconds",
+        ),
         ({"points": [{"width": 1, "height": 1, "seconds": 1}], "extra": 1}, "extra"),
     ],
 )
@@ -225,8 +234,7 @@ def test_constant_and_daily_rates() -> None:
 def test_trace_csv(tmp_path: Path) -> None:
     path = tmp_path / "trace.csv"
     path.write_text(
-        "time,width,height,steps\n2026-12-01T00:00:10Z,854,480,8\n"
-        "2026-12-01T00:00:00Z,1280,720,4\n"
+        "time,width,height,steps\n2026-12-01T00:00:10Z,854,480,8\n2026-12-01T00:00:00Z,1280,720,4\n"
     )
     trace = traffic.load_trace(path)
     assert trace.times.tolist() == [0.0, 10.0]
@@ -255,12 +263,18 @@ def test_list_price_is_the_predictors() -> None:
 def test_scale_from_zero_counts_cold_starts_and_cost() -> None:
     # KEDA from zero: one request at t=0 waits for the poll (t=0), a 60 s cold start, 10 s of
     # engine; the replica stays for the 300 s cooldown (next polls at 30 s steps), then goes
-    spec = {"engine": "sr", "scaling": {"mode": "RawDeployment", "maxReplicas": 2},
-            "queue": {}, "pricing": {"cpuHourlyUsd": 3.6}}  # fmt: skip
+    spec = {
+        "engine": "sr",
+        "scaling": {"mode": "RawDeployment", "maxReplicas": 2},
+        "queue": {},
+        "pricing": {"cpuHourlyUsd": 3.6},
+    }
     parsed = deployment.parse_document(ud(spec))
     model = service.model_from_dict(
-        {"points": [{"width": 1, "height": 1, "seconds": 10}],
-         "startup": {"cold_seconds": 60, "cached_seconds": 5}}  # fmt: skip
+        {
+            "points": [{"width": 1, "height": 1, "seconds": 10}],
+            "startup": {"cold_seconds": 60, "cached_seconds": 5},
+        }
     )
     arrivals = traffic.Arrivals(times=np.array([0.0, 1000.0]), pixels=np.ones(2, dtype=np.int64))
     outcome = simulate(SimSettings(parsed, model, arrivals, sample_s=5, claim_poll_s=0))
@@ -294,8 +308,14 @@ def test_serverless_buffers_at_zero_and_refuses_beyond_a_replicas_queue() -> Non
 
 
 def test_recommend_finds_the_cheapest_setting_that_meets_the_target() -> None:
-    document = ud({"engine": "sr", "scaling": {"mode": "RawDeployment", "minReplicas": 1,
-                   "maxReplicas": 2}, "queue": {}, "pricing": {"cpuHourlyUsd": 1.0}})  # fmt: skip
+    document = ud(
+        {
+            "engine": "sr",
+            "scaling": {"mode": "RawDeployment", "minReplicas": 1, "maxReplicas": 2},
+            "queue": {},
+            "pricing": {"cpuHourlyUsd": 1.0},
+        }
+    )
     base = SimSettings(
         deployment.parse_document(document),
         flat_service(1.0),
@@ -303,11 +323,13 @@ def test_recommend_finds_the_cheapest_setting_that_meets_the_target() -> None:
         service_distribution="exponential",
     )
     best = recommend(
-        document, base, p95_target_s=4.0,
+        document,
+        base,
+        p95_target_s=4.0,
         cost_of=lambda results: results["cost"]["usd"],
         summarize=lambda outcome: summarize_outcome(outcome, 300),
         max_replicas_limit=8,
-    )  # fmt: skip
+    )
     assert best is not None and best.p95_s <= 4.0
     # 3 requests/s of 1 s each need more than 3 replicas: the fixed two cannot keep up
     assert best.fields["maxReplicas"] >= 4
@@ -315,15 +337,19 @@ def test_recommend_finds_the_cheapest_setting_that_meets_the_target() -> None:
     fewer = {**best.fields, "maxReplicas": best.fields["maxReplicas"] - 1}
     from loadtest.capacity.recommend import patched
 
-    smaller = SimSettings(**{**base.__dict__, "deployment": deployment.parse_document(
-        patched(document, fewer))})  # fmt: skip
+    smaller = SimSettings(
+        **{**base.__dict__, "deployment": deployment.parse_document(patched(document, fewer))}
+    )
     assert fewer["maxReplicas"] < max(1, fewer["minReplicas"]) or (
         p95_with_misses(simulate(smaller)) > 4.0
     )
     patch = yaml.safe_load(patch_text(document, best.fields))
     assert set(patch["spec"]["scaling"]) <= {
-        "minReplicas", "maxReplicas", "targetQueueLength", "scaleToZeroGracePeriod"
-    }  # fmt: skip
+        "minReplicas",
+        "maxReplicas",
+        "targetQueueLength",
+        "scaleToZeroGracePeriod",
+    }
     assert patch["spec"]["scaling"]["maxReplicas"] == best.fields["maxReplicas"]
 
 
@@ -333,22 +359,57 @@ def test_recommend_finds_the_cheapest_setting_that_meets_the_target() -> None:
 def test_simulate_command_writes_report_results_and_plot(tmp_path: Path) -> None:
     yaml_path = tmp_path / "ud.yaml"
     yaml_path.write_text(
-        yaml.safe_dump(ud({"engine": "chronoedit", "model": {"storageUri": "hf://o/r"},
-                           "scaling": {"maxReplicas": 4}, "pricing": {"gpuHourlyUsd": 2.0}}))
-    )  # fmt: skip
+        yaml.safe_dump(
+            ud(
+                {
+                    "engine": "chronoedit",
+                    "model": {"storageUri": "hf://o/r"},
+                    "scaling": {"maxReplicas": 4},
+                    "pricing": {"gpuHourlyUsd": 2.0},
+                }
+            )
+        )
+    )
     service_path = tmp_path / "service.yaml"
     service_path.write_text(
-        yaml.safe_dump({"points": [{"width": 1280, "height": 720, "seconds": 20}],
-                        "startup": {"cold_seconds": 300, "cached_seconds": 60}})
-    )  # fmt: skip
+        yaml.safe_dump(
+            {
+                "points": [{"width": 1280, "height": 720, "seconds": 20}],
+                "startup": {"cold_seconds": 300, "cached_seconds": 60},
+            }
+        )
+    )
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.capacity", "simulate", "--deployment", str(yaml_path),
-         "--traffic", "bursts", "--rate", "0.05", "--burst-rate", "0.3", "--burst-every", "30m",
-         "--burst-for", "5m", "--duration", "2h", "--service", str(service_path),
-         "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "loadtest.capacity",
+            "simulate",
+            "--deployment",
+            str(yaml_path),
+            "--traffic",
+            "bursts",
+            "--rate",
+            "0.05",
+            "--burst-rate",
+            "0.3",
+            "--burst-every",
+            "30m",
+            "--burst-for",
+            "5m",
+            "--duration",
+            "2h",
+            "--service",
+            str(service_path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["deployment"]["autoscaler"] == "knative"
@@ -362,9 +423,24 @@ def test_bad_input_is_an_error_naming_it(tmp_path: Path) -> None:
     yaml_path = tmp_path / "ud.yaml"
     yaml_path.write_text(yaml.safe_dump(ud({"engine": "sr", "scaling": {"maxReplicas": 0}})))
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.capacity", "simulate", "--deployment", str(yaml_path),
-         "--rate", "1", "--seconds", "1", "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "loadtest.capacity",
+            "simulate",
+            "--deployment",
+            str(yaml_path),
+            "--rate",
+            "1",
+            "--seconds",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "spec.scaling.maxReplicas" in done.stderr
