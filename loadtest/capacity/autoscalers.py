@@ -258,7 +258,9 @@ class Keda:
                 sync_s=settings.hpa_sync_s,
             )
         )
-        self._last_active = -math.inf
+        # the run starts as if the trigger had just been active: replicas already serving at
+        # t=0 get a whole cooldown before KEDA may take them to zero
+        self._last_active = 0.0
         self._next_poll = 0.0
         self._next_sync = 0.0
 

@@ -58,6 +58,13 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     sizes.add_argument("--sizes", help="output sizes: 1280x720 or 854x480:0.7,1280x720:0.3")
     sizes.add_argument("--profile", choices=sorted(PROFILES), help="the load test's request mix")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--initial-replicas",
+        type=int,
+        default=None,
+        help="replicas already serving at the start (default: minReplicas); a busy hour "
+        "starts from its steady state, not from a cold deployment",
+    )
     s = sub.add_argument_group("service times")
     source = s.add_mutually_exclusive_group(required=True)
     source.add_argument("--service", type=Path, help="YAML of points (docs/capacity.md)")
@@ -69,7 +76,15 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     s.add_argument("--lora-seconds", type=_non_negative, default=None)
     s.add_argument("--cold-start", type=_non_negative, default=None, help="seconds, a cold node")
     s.add_argument("--cached-start", type=_non_negative, default=None, help="seconds, cached")
-    s.add_argument("--service-distribution", choices=("fixed", "exponential"), default="fixed")
+    s.add_argument(
+        "--service-distribution", choices=("fixed", "exponential", "lognormal"), default="fixed"
+    )
+    s.add_argument(
+        "--service-sigma",
+        type=_non_negative,
+        default=0.5,
+        help="lognormal: the spread of ln(engine time) around the model's time",
+    )
     s.add_argument(
         "--overhead",
         type=_non_negative,
@@ -194,9 +209,11 @@ def settings_from_args(args: argparse.Namespace):
         service=service_model(args),
         traffic=build_traffic(args),
         service_distribution=args.service_distribution,
+        service_sigma=args.service_sigma,
         overhead_s=args.overhead,
         seed=args.seed,
         sample_s=max(1.0, args.duration / 1000.0),
+        initial_replicas=args.initial_replicas,
     )
     timeout = args.client_timeout or deployment.request_timeout_s
     return sim, document, timeout

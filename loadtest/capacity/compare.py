@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -31,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from loadtest.capacity.deployment import parse_document
 from loadtest.capacity.service import model_from_dict
@@ -53,6 +56,11 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--pool", type=int, default=32)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--out", type=Path, default=Path("build/capacity/compare"))
+    sub.add_argument(
+        "--resimulate",
+        action="store_true",
+        help="simulate again against the run saved in --out (no servers, no load)",
+    )
 
 
 def _free_port() -> int:
@@ -176,7 +184,12 @@ def deployment_document(replicas: int) -> dict:
 
 
 def simulate_run(
-    args, calibration: dict, sizes: SizeMix, scale: float = 1.0, overhead_s: float | None = None
+    args,
+    calibration: dict,
+    sizes: SizeMix,
+    scale: float = 1.0,
+    overhead_s: float | None = None,
+    sigma: float = 0.0,
 ) -> dict:
     points = [{**p, "seconds": p["seconds"] * scale} for p in calibration["points"]]
     settings = SimSettings(
@@ -184,6 +197,8 @@ def simulate_run(
         service=model_from_dict({"points": points}),
         traffic=ClosedLoop(args.users, args.duration, sizes),
         overhead_s=calibration["overhead_s"] if overhead_s is None else overhead_s,
+        service_distribution="lognormal" if sigma else "fixed",
+        service_sigma=sigma,
         seed=args.seed,
         sample_s=1.0,
     )
@@ -201,10 +216,14 @@ def _ratio(simulated: float, measured: float) -> float:
 
 def render(report: dict) -> str:
     measured, rows = report["measured"], []
-    for label, key in (("calibrated", "sim_calibrated"), ("as measured under load", "sim_scaled")):
+    labels = (
+        ("calibrated service times", "sim_calibrated"),
+        ("service times as measured under load", "sim_scaled"),
+    )
+    for label, key in labels:
         sim = report[key]
         rows.append(
-            f"| simulated ({label} service times) | {sim['p95_s']:.2f} s "
+            f"| simulated, {label} | {sim['p95_s']:.2f} s "
             f"({sim['p95_ratio']:.2f}×) | {sim['images_per_s']:.2f} "
             f"({sim['throughput_ratio']:.2f}×) | {sim['replicas']} |"
         )
@@ -224,7 +243,8 @@ def render(report: dict) -> str:
             f"average over the pool's sizes, overhead {calibration['overhead_s']:.3f} s per "
             f"request. Under load the engine took {measured['mean_inference_s']:.3f} s "
             f"({report['contention']:.2f}× the calibrated mean) and the rest of a request "
-            f"(end to end − wait − engine) {measured['overhead_s']:.3f} s. "
+            f"(end to end − wait − engine) {measured['overhead_s']:.3f} s; its jitter, "
+            f"a lognormal spread σ = {report['jitter_sigma']:.2f} beyond the sizes'. "
             f"Load average before the run: {report['loadavg_before']:.2f} "
             f"({os.cpu_count()} CPUs).",
             "",
@@ -232,11 +252,10 @@ def render(report: dict) -> str:
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def measure(args: argparse.Namespace) -> tuple[dict, float, dict]:
+    """The real part: Redis and the replicas up, the calibration, then the load run."""
     from predictor.dev.local_server import local_server
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(_redis())
         flags = ("--redis-url", redis_url, "--threads", str(args.threads))
@@ -247,6 +266,19 @@ def main(args: argparse.Namespace) -> int:
         loadavg = os.getloadavg()[0]
         print(f"load run: {args.users} users, {args.duration:g} s …", file=sys.stderr)
         results = load_run(base, args, Path(tempfile.mkdtemp()) / "loadtest")
+    return calibration, loadavg, results
+
+
+def main(args: argparse.Namespace) -> int:
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resimulate:  # the saved run of an earlier compare, simulated again
+        saved = json.loads((out / "compare.json").read_text())
+        calibration, loadavg = saved["calibration"], saved["loadavg_before"]
+        calibration = {"points": calibration["points"], "overhead_s": calibration["overhead_s"]}
+        results = json.loads((out / "loadtest.json").read_text())
+    else:
+        calibration, loadavg, results = measure(args)
         (out / "loadtest.json").write_text(json.dumps(results, indent=2))
     sizes = profile_sizes(args.profile, args.pool, args.seed)
     engine_mean = _mean_engine(calibration, sizes)
@@ -275,12 +307,14 @@ def main(args: argparse.Namespace) -> int:
         "contention": contention,
         "measured": measured,
     }
+    jitter = _jitter(calibration, sizes, results["queue"]["inference"])
+    report["jitter_sigma"] = jitter
     variants = (
-        ("sim_calibrated", 1.0, None),
-        ("sim_scaled", contention, measured["overhead_s"]),
+        ("sim_calibrated", 1.0, None, 0.0),
+        ("sim_scaled", contention, measured["overhead_s"], jitter),
     )
-    for key, scale, overhead in variants:
-        sim = simulate_run(args, calibration, sizes, scale, overhead)
+    for key, scale, overhead, sigma in variants:
+        sim = simulate_run(args, calibration, sizes, scale, overhead, sigma)
         p95 = sim["latency"]["total"]["p95_s"]
         rate = sim["throughput"]["images_per_elapsed_s"]
         report[key] = {
@@ -297,6 +331,15 @@ def main(args: argparse.Namespace) -> int:
     (out / "compare.md").write_text(text)
     print(text)
     return 0
+
+
+def _jitter(calibration: dict, sizes: SizeMix, inference: dict) -> float:
+    """The engine's jitter under load as a lognormal spread: the measured log-spread (from its
+    p95 / p50, 1.645 standard deviations apart) less the spread the pool's sizes explain."""
+    model = model_from_dict({"points": calibration["points"]})
+    logs = np.log([model.seconds(p) for p in sizes.pixels])
+    measured = math.log(inference["p95_s"] / inference["p50_s"]) / 1.645
+    return math.sqrt(max(0.0, measured**2 - float(np.var(logs))))
 
 
 def _mean_engine(calibration: dict, sizes: SizeMix) -> float:

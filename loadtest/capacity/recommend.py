@@ -30,7 +30,17 @@ TARGETS = {
     HPA: ("targetCpuUtilization", (50, 70, 90)),
 }
 GRACES = (None, "60s", "5m", "15m")
-MINIMUMS = (0, 1, 2)
+
+
+def minimums(limit: int) -> list[int]:
+    """minReplicas tried: 0 (scale to zero), then powers of two up to ``limit``. A floor gives
+    the headroom an autoscaler's formula may not (KEDA's running + ⌈waiting / T⌉ adds a
+    replica only once work waits)."""
+    values, value = [0], 1
+    while value <= limit:
+        values.append(value)
+        value *= 2
+    return values
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,7 @@ def recommend(
     target_field, target_values = TARGETS[first.autoscaler]
     graces = GRACES if first.autoscaler != HPA else (None,)
     best: Evaluation | None = None
-    for minimum in MINIMUMS:
+    for minimum in minimums(max_replicas_limit):
         for target in target_values:
             # the grace only matters to a deployment that scales to zero
             for grace in graces if minimum == 0 else (None,):

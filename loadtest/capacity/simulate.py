@@ -21,6 +21,7 @@ wait in, and the autoscaler's loop.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,15 +45,17 @@ class SimSettings:
     deployment: Deployment
     service: ServiceModel
     traffic: Traffic
-    #: ``fixed`` engine times, or ``exponential`` around them (the M/M/c checks)
+    #: ``fixed`` engine times, ``exponential`` around them (the M/M/c checks), or ``lognormal``:
+    #: each time × a lognormal factor of mean 1 and log-spread ``service_sigma`` (jitter)
     service_distribution: str = "fixed"
+    service_sigma: float = 0.0
     overhead_s: float = 0.0
     #: seconds between a replica's looks at the shared queue (the predictor's Redis consumer)
     claim_poll_s: float = POLL_S
     seed: int = 0
     #: seconds between samples of the replica timeline
     sample_s: float = 60.0
-    #: replicas serving at t=0 (None: minReplicas, warm)
+    #: replicas serving at t=0, on cached nodes (None: minReplicas); kept within min–max
     initial_replicas: int | None = None
     #: Knative's stable window, KEDA's polling interval: the autoscalers' knobs the spec lacks
     kpa_stable_window_s: float = 60.0
@@ -253,6 +256,9 @@ class Simulation:
         seconds = self.s.service.seconds(int(pixels), steps, loras)
         if self.s.service_distribution == "exponential":
             seconds = self.np_rng.exponential(seconds)
+        elif self.s.service_distribution == "lognormal":
+            sigma = self.s.service_sigma
+            seconds *= math.exp(sigma * self.np_rng.standard_normal() - sigma * sigma / 2)
         self.arrival.append(self.env.now)
         self.start.append(np.nan)
         self.end.append(np.nan)
@@ -418,9 +424,9 @@ class Simulation:
 
     def run(self) -> Outcome:
         traffic = self.s.traffic
-        initial = (
-            self.d.min_replicas if self.s.initial_replicas is None else self.s.initial_replicas
-        )
+        initial = self.d.min_replicas
+        if self.s.initial_replicas is not None:  # already serving: clamp to the bounds
+            initial = min(max(self.s.initial_replicas, initial), self.d.max_replicas)
         if self.d.autoscaler == HPA:
             initial = max(1, initial)
         for _ in range(initial):

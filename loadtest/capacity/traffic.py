@@ -223,11 +223,7 @@ def load_trace(path: Path, sizes: SizeMix | None = None) -> Arrivals:
 
 def profile_sizes(name: str, pool: int = 32, seed: int = 0) -> SizeMix:
     """The output sizes of the load test's pool for profile ``name`` (same pool, same seed)."""
-    from loadtest.profiles import PROFILES, _photo, fit_long_side, plan_pool
+    from loadtest.profiles import PROFILES, build_pool
 
-    pixels = []
-    for spec in plan_pool(PROFILES[name], pool, seed):
-        photo = _photo(spec.photo)
-        width, height = fit_long_side(photo.width, photo.height, spec.long_side)
-        pixels.append(round(width * spec.factor) * round(height * spec.factor))
+    pixels = [w * h for w, h in (p.expected_output for p in build_pool(PROFILES[name], pool, seed))]
     return SizeMix(tuple(pixels), tuple(1.0 for _ in pixels))
