@@ -185,6 +185,8 @@ class Hpa:
     def recommend(self, now: float, current: int, ratio: float, proposed: int) -> int:
         """``ratio`` is metric / target (per pod); ``proposed`` what the metric asks for."""
         s = self.settings
+        if not self._recommendations:  # the run starts in a steady state: the HPA has been
+            self._recommendations.append((now - 1e-9, current))  # recommending what runs now
         raw = current if abs(ratio - 1.0) <= s.tolerance else proposed
         raw = min(max(raw, s.min_replicas), s.max_replicas)
         self._recommendations.append((now, raw))

@@ -73,9 +73,10 @@ def patched(document: dict, fields: dict) -> dict:
 
 
 def patch_text(document: dict, fields: dict) -> str:
-    """The fields that differ from the user's spec.scaling, as a YAML merge patch."""
+    """The fields that differ from the user's spec.scaling, as a YAML merge patch (a null
+    removes a field, so its default applies)."""
     current = (document.get("spec") or {}).get("scaling") or {}
-    changed = {k: v for k, v in fields.items() if current.get(k) != v and v is not None}
+    changed = {k: v for k, v in fields.items() if current.get(k) != v}
     return yaml.safe_dump({"spec": {"scaling": changed}}, sort_keys=False)
 
 
@@ -117,10 +118,16 @@ def recommend(
                     continue
                 found_cost = cost_of(found.results)
                 found = Evaluation(found.fields, found.p95_s, found_cost, found.results)
-                key = (found.cost, found.p95_s)
-                if best is None or key < (best.cost, best.p95_s):
+                if best is None or _rank(document, found) < _rank(document, best):
                     best = found
     return best
+
+
+def _rank(document: dict, evaluation: Evaluation) -> tuple[float, int, float]:
+    """Cheaper first; at the same cost, fewer changes to the user's spec, then lower p95."""
+    current = (document.get("spec") or {}).get("scaling") or {}
+    changes = sum(current.get(k) != v for k, v in evaluation.fields.items())
+    return round(evaluation.cost, 9), changes, evaluation.p95_s
 
 
 def _evaluate(document, base, fields, summarize, log) -> Evaluation | None:

@@ -444,3 +444,100 @@ def test_bad_input_is_an_error_naming_it(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "spec.scaling.maxReplicas" in done.stderr
+
+
+def test_lognormal_jitter_keeps_the_mean() -> None:
+    times = np.arange(0, 20_000, 10.0)
+    arrivals = traffic.Arrivals(times=times, pixels=np.ones(len(times), dtype=np.int64))
+    settings = SimSettings(
+        queue_deployment(1),
+        flat_service(2.0),
+        arrivals,
+        service_distribution="lognormal",
+        service_sigma=0.6,
+    )
+    engine = simulate(settings).service_s
+    assert engine.mean() == pytest.approx(2.0, rel=0.05)
+    assert np.log(engine).std() == pytest.approx(0.6, rel=0.05)
+
+
+def test_initial_replicas_serve_at_once_and_keda_keeps_them_for_a_cooldown() -> None:
+    spec = {"engine": "sr", "scaling": {"mode": "RawDeployment", "maxReplicas": 4}, "queue": {}}
+    parsed = deployment.parse_document(ud(spec))
+    arrivals = traffic.Arrivals(
+        times=np.array([1.0]), pixels=np.ones(1, dtype=np.int64), horizon_s=200.0
+    )
+    outcome = simulate(
+        SimSettings(parsed, flat_service(1.0), arrivals, initial_replicas=3, claim_poll_s=0)
+    )
+    assert outcome.start.tolist() == [1.0]  # no cold start: three replicas were serving
+    assert not outcome.cold.any()
+    # the HPA keeps its highest recommendation for 300 s: all three stay through the 200 s
+    assert outcome.timeline[:, 1].min() == 3
+
+
+def test_patch_removes_a_field_with_null() -> None:
+    document = ud({"engine": "sr", "scaling": {"scaleToZeroGracePeriod": "15m", "maxReplicas": 2}})
+    patch = yaml.safe_load(
+        patch_text(document, {"scaleToZeroGracePeriod": None, "maxReplicas": 2, "minReplicas": 1})
+    )
+    assert patch == {"spec": {"scaling": {"scaleToZeroGracePeriod": None, "minReplicas": 1}}}
+
+
+def test_compare_resimulates_a_saved_run(tmp_path: Path) -> None:
+    # a saved compare (calibration and the load test's results.json), simulated again without
+    # servers: the report puts the measured and simulated figures side by side
+    summary = {"count": 100, "mean_s": 0.2, "p50_s": 0.18, "p95_s": 0.4, "p99_s": 0.5, "max_s": 0.6}
+    queue = {
+        "wait": {**summary, "mean_s": 0.1},
+        "run": summary,
+        "inference": {**summary, "mean_s": 0.15, "p50_s": 0.12, "p95_s": 0.3},
+        "end_to_end": {**summary, "mean_s": 0.35},
+    }
+    loadtest_results = {
+        "requests": {"latency_accepted": {**summary, "p95_s": 0.7}, "accepted": 300},
+        "throughput": {"images_per_s": 9.5},
+        "queue": queue,
+    }
+    (tmp_path / "loadtest.json").write_text(json.dumps(loadtest_results))
+    calibration = {
+        "points": [
+            {"width": 40_000, "height": 1, "seconds": 0.08},
+            {"width": 130_000, "height": 1, "seconds": 0.12},
+        ],
+        "overhead_s": 0.09,
+    }
+    (tmp_path / "compare.json").write_text(
+        json.dumps({"calibration": calibration, "loadavg_before": 1.0})
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.capacity",
+            "compare",
+            "--resimulate",
+            "--replicas",
+            "2",
+            "--users",
+            "4",
+            "--duration",
+            "20s",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert report["measured"]["p95_s"] == 0.7
+    assert report["measured"]["overhead_s"] == pytest.approx(0.35 - 0.1 - 0.15)
+    for key in ("sim_calibrated", "sim_scaled"):
+        assert report[key]["replicas"] == 2 and report[key]["images_per_s"] > 0
+    assert report["jitter_sigma"] > 0
+    assert (
+        "| measured (python -m loadtest) | 0.70 s | 9.50 |" in (tmp_path / "compare.md").read_text()
+    )
