@@ -206,6 +206,34 @@ def test_bench_gpu_output_gives_compiled_seconds_per_step() -> None:
     assert model.seconds(1280 * 720) == pytest.approx(1.5 + 8 * 0.35)
 
 
+def test_bench_gpu_parser_reads_the_real_printer() -> None:
+    # the harness on the tiny model, on the CPU: the same tables bench-gpu prints on a GPU
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "predictor.dev.bench_gpu",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--no-compile",
+            "--resolutions",
+            "832x480",
+            "1280x720",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    points = service.from_bench_gpu(done.stdout, steps=8)
+    assert [(p["width"], p["height"]) for p in points] == [(832, 480), (1280, 720)]
+    assert all(p["step_seconds"] > 0 for p in points)
+
+
 def test_bench_output_gives_the_sr_stage_time() -> None:
     text = (
         "## Stages: 512² photo ×2 (sr engine, waifu2x photo), medians\n\n"
