@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import yaml
@@ -135,7 +135,7 @@ def _evaluate(document, base, fields, summarize, log) -> Evaluation | None:
         deployment = parse_document(patched(document, fields))
     except DeploymentError:
         return None
-    settings = SimSettings(**{**base.__dict__, "deployment": deployment})
+    settings = replace(base, deployment=deployment)
     outcome = simulate(settings)
     p95 = p95_with_misses(outcome)
     log(f"  {fields}: p95 {p95:.1f} s")
