@@ -37,6 +37,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0: {text}")
+    return value
+
+
 def _add_inputs(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--deployment", type=Path, required=True, help="UpscalerDeployment YAML")
     t = sub.add_argument_group("traffic")
@@ -52,7 +59,7 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     t.add_argument("--burst-every", type=parse_duration, default=3600.0)
     t.add_argument("--burst-for", type=parse_duration, default=300.0)
     t.add_argument("--trace", type=Path, help="trace: CSV of time, width, height[, steps, loras]")
-    t.add_argument("--users", type=int, help="users: closed-loop clients (the load test's)")
+    t.add_argument("--users", type=_count, help="users: closed-loop clients (the load test's)")
     t.add_argument("--think", type=_non_negative, default=0.0, help="users: seconds between")
     sizes = t.add_mutually_exclusive_group()
     sizes.add_argument("--sizes", help="output sizes: 1280x720 or 854x480:0.7,1280x720:0.3")
@@ -60,7 +67,7 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--initial-replicas",
-        type=int,
+        type=_count,
         default=None,
         help="replicas already serving at the start (default: minReplicas); a busy hour "
         "starts from its steady state, not from a cold deployment",

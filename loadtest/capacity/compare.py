@@ -246,7 +246,8 @@ def render(report: dict) -> str:
             f"({report['contention']:.2f}× the calibrated mean) and the rest of a request "
             f"(end to end − wait − engine) {measured['overhead_s']:.3f} s; its jitter, "
             f"a lognormal spread σ = {report['jitter_sigma']:.2f} beyond the sizes'. "
-            f"Load average before the run: {report['loadavg_before']:.2f} "
+            f"Load average before the run {report['loadavg_before']:.2f}, at its end "
+            f"{calibration.get('loadavg_after', float('nan')):.2f} "
             f"({os.cpu_count()} CPUs).",
             "",
         ]
@@ -267,6 +268,8 @@ def measure(args: argparse.Namespace) -> tuple[dict, float, dict]:
         loadavg = os.getloadavg()[0]
         print(f"load run: {args.users} users, {args.duration:g} s …", file=sys.stderr)
         results = load_run(base, args, Path(tempfile.mkdtemp()) / "loadtest")
+        # the machine's load over the last minute of the run (the replicas' own included)
+        calibration["loadavg_after"] = os.getloadavg()[0]
     return calibration, loadavg, results
 
 
@@ -276,7 +279,11 @@ def main(args: argparse.Namespace) -> int:
     if args.resimulate:  # the saved run of an earlier compare, simulated again
         saved = json.loads((out / "compare.json").read_text())
         calibration, loadavg = saved["calibration"], saved["loadavg_before"]
-        calibration = {"points": calibration["points"], "overhead_s": calibration["overhead_s"]}
+        calibration = {
+            key: calibration[key]
+            for key in ("points", "overhead_s", "loadavg_after")
+            if key in calibration
+        }
         results = json.loads((out / "loadtest.json").read_text())
     else:
         calibration, loadavg, results = measure(args)
