@@ -2,8 +2,8 @@
 
 It lives beside the load test rather than in ``chrono-upscaler``: it answers the same question
 from the other side (what a deployment would do, before it exists), shares the load test's
-profiles, percentiles and report layout, and needs the ``loadtest`` extra (SimPy, matplotlib),
-which a serving image does not.
+profiles, percentiles and report layout, and needs the ``loadtest`` and ``operator`` extras
+(SimPy, matplotlib, the operator's spec parser), which a serving image need not carry.
 """
 
 from __future__ import annotations

@@ -33,9 +33,12 @@ from loadtest.capacity import autoscalers
 from loadtest.capacity.deployment import HPA, KEDA, KNATIVE, Deployment
 from loadtest.capacity.service import ServiceModel
 from loadtest.capacity.traffic import Arrivals, ClosedLoop, Traffic
-from predictor.queue.redis import POLL_S
 
 STARTING, READY, DRAINING, GONE = "starting", "ready", "draining", "gone"
+#: seconds between a replica's looks at the shared queue: the predictor's Redis consumer's
+#: ``POLL_S`` (predictor/queue/redis.py; a test checks they agree). Not imported: that module
+#: would bring redis and the server's stack into the planner's dependencies
+CLAIM_POLL_S = 0.1
 #: seconds a closed-loop user waits after a refusal (the load test's --shed-backoff)
 SHED_BACKOFF_S = 0.2
 
@@ -51,7 +54,7 @@ class SimSettings:
     service_sigma: float = 0.0
     overhead_s: float = 0.0
     #: seconds between a replica's looks at the shared queue (the predictor's Redis consumer)
-    claim_poll_s: float = POLL_S
+    claim_poll_s: float = CLAIM_POLL_S
     seed: int = 0
     #: seconds between samples of the replica timeline
     sample_s: float = 60.0

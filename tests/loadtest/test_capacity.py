@@ -94,6 +94,13 @@ def test_deterministic_single_server_has_no_wait_below_saturation_spacing() -> N
     assert outcome.replica_seconds == pytest.approx(outcome.elapsed_s)
 
 
+def test_claim_poll_is_the_predictors() -> None:
+    from loadtest.capacity.simulate import CLAIM_POLL_S
+    from predictor.queue.redis import POLL_S
+
+    assert CLAIM_POLL_S == POLL_S
+
+
 # --- the deployment, as the operator reads it --------------------------------------------------
 
 
