@@ -114,3 +114,22 @@ def test_keda_never_below_min_replicas() -> None:
     for t in range(0, 900, 15):
         want = keda.decide(obs(t, ready=2))
         assert want == 2
+
+
+def test_cpu_hpa_scales_on_the_busy_share_of_engine_slots() -> None:
+    from loadtest.capacity.autoscalers import CpuHpa, CpuHpaSettings
+
+    hpa = CpuHpa(CpuHpaSettings(HpaSettings(min_replicas=1, max_replicas=10), 80))
+    assert hpa.tick_s == 15
+
+    def at(now: float, ready: int, busy_area: float) -> int:
+        return hpa.decide(
+            Observation(
+                now, ready, ready, concurrency_area=0.0, busy_area=busy_area, running=0, waiting=0
+            )
+        )
+
+    # 2 replicas fully busy for 15 s: 100 % against 80 % → ratio 1.25 → ceil(1.25 × 2) = 3
+    assert at(15, 2, 30.0) == 3
+    # 3 replicas, 75 % busy (33.75 of 45 slot-seconds): within 10 % of 80 % → no change
+    assert at(30, 3, 30.0 + 33.75) == 3
