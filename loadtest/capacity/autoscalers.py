@@ -24,7 +24,9 @@ Sources (the upstream documentation each rule follows):
   request to a random pod).
 * KEDA: https://keda.sh/docs/latest/reference/scaledobject-spec/ (``pollingInterval`` 30 s: how
   often triggers are checked to activate 0 → 1; ``cooldownPeriod`` 300 s after the last active
-  trigger before 1 → 0; between 1 and max the HPA scales on the metric).
+  trigger before 1 → 0; between 1 and max the HPA scales on the metric, an AverageValue target
+  giving total ÷ target replicas whatever the current count; metrics are not cached between
+  HPA syncs unless ``useCachedMetrics``).
 * Kubernetes HPA: https://kubernetes.io/docs/concepts/workloads/autoscaling/horizontal-pod-autoscale/
   (sync every 15 s; desired = ceil(current × metric / target), or ceil(total / target) for an
   AverageValue target; no change within a 10 % tolerance; default behaviour: scale-down
