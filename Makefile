@@ -12,7 +12,7 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps lint bench bench-gpu tools manifests images crds clean
+.PHONY: install run test test-deps lint bench bench-gpu capacity-compare tools manifests images crds clean
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a 
 
 bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)
 	$(PY) -m predictor.dev.bench_gpu
+
+capacity-compare: $(STAMP)  ## the capacity simulator against a real local sr run: 2 replicas on Redis, 4 users (docs/loadtest.md)
+	$(PY) -m loadtest.capacity compare --out build/capacity/compare
 
 TOOLS_BIN := build/tools/bin
 

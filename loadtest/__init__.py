@@ -11,5 +11,7 @@ module is plain Python:
 * :mod:`loadtest.report` — ``results.json``, ``report.md`` and ``latency.png``;
 * :mod:`loadtest.users` — the locust user (sync and queue journeys), built on demand;
 * :mod:`loadtest.runner` — one headless locust run from start to report;
-* :mod:`loadtest.cli` — the command line.
+* :mod:`loadtest.cli` — the command line;
+* :mod:`loadtest.capacity` — a capacity and cost planner: a simulation of a deployment
+  (``python -m loadtest.capacity``, docs/capacity.md).
 """

@@ -1,8 +1,10 @@
-"""A run's outputs: ``results.json`` (the numbers), ``report.md`` (the same, for people) and
-``latency.png`` (latency over time and its histogram, accepted vs shed requests)."""
+"""A run's outputs: ``results.json`` (the numbers), ``report.md`` (the same, for people),
+``latency.png`` (latency over time and its histogram, accepted vs shed requests) and
+``requests.csv`` (the images received: a trace the capacity planner replays, docs/capacity.md)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -270,8 +272,23 @@ def write_outputs(
         "results": out / "results.json",
         "report": out / "report.md",
         "plot": out / "latency.png",
+        "trace": out / "requests.csv",
     }
     paths["results"].write_text(json.dumps(results, indent=2) + "\n")
     paths["report"].write_text(render_markdown(results))
     plot_latency(paths["plot"], requests, samples)
+    write_trace(paths["trace"], requests)
     return paths
+
+
+def write_trace(path: Path, requests: Sequence[RequestRecord]) -> None:
+    """When each image request that delivered images started, and their output pixels (the
+    columns ``python -m loadtest.capacity --traffic trace`` reads)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["time", "output_pixels", "latency_s"])
+        for record in sorted(requests, key=lambda r: r.started):
+            if record.output_pixels:
+                writer.writerow(
+                    [f"{record.started:.3f}", record.output_pixels, f"{record.latency_s:.3f}"]
+                )

@@ -419,6 +419,13 @@ def test_results_and_report_from_a_recorded_run(tmp_path: Path) -> None:
     paths = report.write_outputs(tmp_path, results, recorder.requests, samples)
     assert json.loads(paths["results"].read_text()) == results
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the images received, as a trace the capacity planner reads back
+    from loadtest.capacity.traffic import load_trace
+
+    trace = load_trace(paths["trace"])
+    delivered = sorted((r for r in recorder.requests if r.output_pixels), key=lambda r: r.started)
+    assert trace.pixels.tolist() == [r.output_pixels for r in delivered]
+    assert trace.times[0] == 0.0 and len(trace.times) == len(delivered)
     text = paths["report"].read_text()
     for heading in ("## Requests", "## Latency", "## Throughput", "## Cost", "## Server"):
         assert heading in text
