@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import shutil
+import subprocess
 import threading
 import time
 
 import pytest
+import redis
 from PIL import Image
 
 from predictor import journey
@@ -25,7 +28,7 @@ from predictor.queue.base import Status
 from predictor.queue.local import LocalQueue
 from predictor.schema import UpscaleRequest
 from predictor.storage.memory import MemoryOutputStore
-from tests.conftest import data_uri, encode, photo_crop
+from tests.conftest import data_uri, encode, free_port, photo_crop
 
 
 def test_a_jpeg_repeating_one_scan_100_000_times_is_refused_before_decoding() -> None:
@@ -119,6 +122,60 @@ def test_a_finished_queued_request_keeps_its_output_not_its_input() -> None:
             await asyncio.sleep(0.01)
         assert state.outcome is not None and not state.outcome.failed
         assert live_inputs() == []  # the entry keeps the outcome, the request is gone
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        upscaler.close()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: `apt-get install redis-server` (tools/test-deps.sh)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_redis_drops_a_finished_request_s_input(redis_url) -> None:
+    from predictor.queue.redis import RedisQueue
+
+    upscaler = _upscaler()
+    queue = RedisQueue(upscaler, 3600, redis_url=redis_url, prefix="bounded")
+    request = parse_request({"image_url": data_uri(encode(photo_crop(16, 16)))})
+
+    async def scenario() -> None:
+        await queue.start()
+        try:
+            for request_id in ("done", "cancelled"):
+                await queue.submit(request_id, request, "http://t", None)
+                job = queue.key("job", request_id)
+                assert await queue.redis.hexists(job, "request")  # kept until it is run
+                if request_id == "cancelled":
+                    await queue.cancel(request_id)
+                while (await queue.state(request_id)).status is not Status.COMPLETED:
+                    await asyncio.sleep(0.02)
+                assert await queue.redis.hexists(job, "outcome")
+                assert not await queue.redis.hexists(job, "request")
+        finally:
+            await queue.stop()
 
     try:
         asyncio.run(scenario())
