@@ -5,6 +5,7 @@ memory kept by 100 finished queue requests with 30 MB inputs."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import re
@@ -33,14 +34,24 @@ def _data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 def _hostile_bodies() -> dict[str, bytes]:
-    fields = ",".join(f'"f{i}":0' for i in range(2_400_000))
+    def unknown_fields(count: int) -> bytes:
+        return ('{"image_url":"x",' + ",".join(f'"f{i}":0' for i in range(count)) + "}").encode()
+
     return {
-        "2.4 M unknown fields (30 MB)": ('{"image_url":"x",' + fields + "}").encode(),
-        "300 k unknown fields (4 MB)": ('{"image_url":"x",' + fields[: 4 * MB] + "0}").encode(),
+        "2.4 M unknown fields (30 MB)": unknown_fields(2_400_000),
+        "300 k unknown fields (3.3 MB)": unknown_fields(300_000),
         "nesting 15 M deep (30 MB)": b"[" * (15 * MB) + b"]" * (15 * MB),
         "one 30 MB unknown field": b'{"image_url":"x","junk":"' + b"A" * (30 * MB) + b'"}',
         "30 MB of escaped quotes": b'{"image_url":"' + b'\\"' * (15 * MB) + b'"}',
+        # not hostile: the largest input a client may send, for comparison
+        "a valid 30 MB data: URI": f'{{"image_url":"{_data_uri(_thirty_mb_png())}"}}'.encode(),
     }
+
+
+def _thirty_mb_png() -> bytes:
+    """A 64² PNG followed by 30 MB of zeros (decoders stop at its end): the largest input, and
+    a fast job."""
+    return _small_png() + b"\0" * (30 * MB)
 
 
 def _timed_post(client: httpx.Client, url: str, **kwargs) -> tuple[httpx.Response, float]:
@@ -49,17 +60,20 @@ def _timed_post(client: httpx.Client, url: str, **kwargs) -> tuple[httpx.Respons
     return response, time.perf_counter() - started
 
 
-def hostile_body_table(url: str) -> str:
-    """Each hostile body sent while a normal request is made: both answers' times."""
+def hostile_body_table(url: str, only: str = "") -> str:
+    """Each hostile body (whose name contains ``only``) sent while a normal request is made:
+    both answers' times."""
     normal = {"image_url": _data_uri(_small_png()), "sync_mode": True}
     rows = [
-        "| hostile body | status | error body | its answer | normal request beside it |",
+        "| hostile body | status | answer body | its answer | normal request beside it |",
         "|---|---|---|---|---|",
     ]
     with httpx.Client(base_url=url, timeout=120) as client:
         _, alone = _timed_post(client, FAL, json=normal)
         rows.append(f"| (none) | | | | {alone * 1000:.0f} ms |")
         for name, body in _hostile_bodies().items():
+            if only not in name:
+                continue
             result: dict = {}
 
             def send(body: bytes = body, result: dict = result) -> None:
@@ -77,7 +91,7 @@ def hostile_body_table(url: str) -> str:
             hostile.join()
             answer = result["response"]
             rows.append(
-                f"| {name} | {answer.status_code} {answer.json().get('error_type')} | "
+                f"| {name} | {answer.status_code} {answer.json().get('error_type', '')} | "
                 f"{len(answer.content):,} B | {result['s'] * 1000:.0f} ms | "
                 f"{beside * 1000:.0f} ms |"
             )
@@ -111,8 +125,7 @@ def _rss_mb(client: httpx.Client) -> float:
 
 def queue_memory_table(url: str, requests: int = 100, input_mb: int = 30) -> str:
     """RSS idle, then after ``requests`` finished queue requests with ``input_mb`` MB inputs."""
-    image = _small_png() + b"\0" * (input_mb * MB)  # decoders stop at IEND: a 64² image
-    body = {"image_url": _data_uri(image)}
+    body = {"image_url": _data_uri(_small_png() + b"\0" * (input_mb * MB))}
     with httpx.Client(base_url=url, timeout=120) as client:
         idle = _rss_mb(client)
         ids = []
@@ -137,18 +150,32 @@ def queue_memory_table(url: str, requests: int = 100, input_mb: int = 30) -> str
     )
 
 
-def hostile_section() -> str:
+def hostile_section(only: str = "", jpeg: bool = True, requests: int = 100) -> str:
     with local_server("--request-timeout", "10") as (url, _):
-        parts = [
-            "### A normal request beside a hostile body\n",
-            hostile_body_table(url),
-            "\n### A JPEG built to decode for minutes (request timeout 10 s)\n",
-            jpeg_table(url),
-            "\n### Memory kept by finished queue requests\n",
-            queue_memory_table(url),
-        ]
+        parts = ["### A normal request beside a hostile body\n", hostile_body_table(url, only)]
+        if jpeg:
+            parts += [
+                "\n### A JPEG built to decode for minutes (request timeout 10 s)\n",
+                jpeg_table(url),
+            ]
+        if requests:
+            parts += [
+                "\n### Memory kept by finished queue requests\n",
+                queue_memory_table(url, requests),
+            ]
     return "\n".join(parts)
 
 
+def main() -> None:
+    """Options to run a lighter set against an older checkout (put first on PYTHONPATH, with
+    this module and ``hostile.py`` copied in), for a before/after in the same session."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="", help="hostile bodies whose name contains this")
+    parser.add_argument("--no-jpeg", action="store_true", help="skip the 100,000-scan JPEG")
+    parser.add_argument("--requests", type=int, default=100, help="queue requests for memory")
+    args = parser.parse_args()
+    print(hostile_section(args.only, not args.no_jpeg, args.requests))
+
+
 if __name__ == "__main__":
-    print(hostile_section())
+    main()
