@@ -21,6 +21,8 @@ from predictor.schema import APP_ID, OWNER_ALIAS
 
 FAL = f"/{APP_ID}"
 MB = 1024 * 1024
+#: how long a hostile body's answer is waited for
+ANSWER_WAIT_S = 120.0
 
 
 def _small_png(side: int = 64) -> bytes:
@@ -77,11 +79,14 @@ def hostile_body_table(url: str, only: str = "") -> str:
             result: dict = {}
 
             def send(body: bytes = body, result: dict = result) -> None:
-                with httpx.Client(base_url=url, timeout=120) as own:
+                with httpx.Client(base_url=url, timeout=ANSWER_WAIT_S) as own:
                     headers = {"content-type": "application/json"}
-                    result["response"], result["s"] = _timed_post(
-                        own, FAL, content=body, headers=headers
-                    )
+                    try:
+                        result["response"], result["s"] = _timed_post(
+                            own, FAL, content=body, headers=headers
+                        )
+                    except httpx.TimeoutException:
+                        result["response"] = None
 
             hostile = threading.Thread(target=send)
             hostile.start()
@@ -90,6 +95,11 @@ def hostile_body_table(url: str, only: str = "") -> str:
             assert response.status_code == 200, response.text[:200]
             hostile.join()
             answer = result["response"]
+            if answer is None:
+                rows.append(
+                    f"| {name} | no answer in {ANSWER_WAIT_S:.0f} s | | | {beside * 1000:.0f} ms |"
+                )
+                continue
             rows.append(
                 f"| {name} | {answer.status_code} {answer.json().get('error_type', '')} | "
                 f"{len(answer.content):,} B | {result['s'] * 1000:.0f} ms | "
