@@ -84,15 +84,18 @@ class ValidationFailed(UpscaleError):
     def body(self) -> dict[str, Any]:
         detail = list(self.errors)
         if self.left_out:
-            detail.append(
-                {
-                    "type": "too_many_errors",
-                    "loc": ["body"],
-                    "msg": f"… and {self.left_out} more error(s) not listed.",
-                    "ctx": {"left_out": self.left_out},
-                }
-            )
+            detail.append(errors_left_out(self.left_out))
         return {"detail": detail, "error_type": self.error_type}
+
+
+def errors_left_out(count: int) -> dict[str, Any]:
+    """The last input error of a body that lists only some: how many it leaves out."""
+    return {
+        "type": "too_many_errors",
+        "loc": ["body"],
+        "msg": f"… and {count} more error(s) not listed.",
+        "ctx": {"left_out": count},
+    }
 
 
 class RequestFailed(UpscaleError):

@@ -2,7 +2,8 @@
 
 Domain errors (:mod:`predictor.errors`) carry a status and a body; this module shapes pydantic's
 validation errors the way FastAPI shows them and turns any of them into a JSON response, so every
-route, middleware and the KServe model answer errors alike.
+route, middleware and the KServe model answer errors alike. Whatever the input, an error body
+echoes only excerpts of it and stays under :data:`MAX_ERROR_BODY_BYTES`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from predictor.errors import UpscaleError, ValidationFailed
+from predictor.errors import UpscaleError, ValidationFailed, errors_left_out
 from predictor.schema import UpscaleRequest
 
 #: no error body is larger (input errors past it are left out), nor any one string in it
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_ERROR_STRING = 2000
+_STATUSES = frozenset(status.value for status in HTTPStatus)
 
 
 def error_response(exc: UpscaleError) -> JSONResponse:
@@ -37,7 +39,10 @@ def json_safe(body: dict[str, Any]) -> dict[str, Any]:
     safe = _encodable(body)
     detail = safe.get("detail")
     while isinstance(detail, list) and len(detail) > 1 and _size(safe) > MAX_ERROR_BODY_BYTES:
-        detail.pop(-2 if detail[-1].get("type") == "too_many_errors" else -1)
+        summary = detail.pop() if detail[-1].get("type") == "too_many_errors" else None
+        detail.pop()
+        left_out = 1 + (summary["ctx"]["left_out"] if summary else 0)
+        detail.append(errors_left_out(left_out))
     return safe
 
 
@@ -78,7 +83,8 @@ async def http_error_handler(_: Request, exc: Exception) -> Response:
     """Starlette's and FastAPI's own errors (no route, wrong method, a body that does not parse)
     in fal's shape, the error type named after the status (``not_found``, ``bad_request``)."""
     assert isinstance(exc, StarletteHTTPException)
-    error_type = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in _STATUSES else "HTTP error"
+    error_type = phrase.lower().replace(" ", "_").replace("-", "_")
     return error_json(exc.status_code, error_type, str(exc.detail), dict(exc.headers or {}))
 
 

@@ -171,3 +171,17 @@ def test_framework_and_lookup_errors_have_fal_s_shape(server, method, path, stat
     response = httpx.request(method, server.url + path, timeout=30)
     body = _assert_fal_error(response, status, error_type)
     assert isinstance(body["detail"], str)
+
+
+def test_an_error_body_stays_under_64_kb_whatever_its_items_carry() -> None:
+    from predictor.api.errors import error_response
+
+    huge = {"type": "x", "loc": ["body", "k" * 10_000], "msg": "m" * 100_000, "input": "i" * 10**6}
+    response = error_response(ValidationFailed([huge] * 500))
+    body = json.loads(response.body)
+    assert len(response.body) <= MAX_ERROR_BODY
+    assert 1 < len(body["detail"]) <= 21
+    listed, summary = body["detail"][:-1], body["detail"][-1]
+    assert summary["type"] == "too_many_errors"  # the count survives the cut, and is right
+    assert len(listed) + summary["ctx"]["left_out"] == 500
+    assert all(len(item["msg"]) < 2100 for item in body["detail"])
