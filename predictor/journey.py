@@ -138,6 +138,8 @@ def decode_abandonable(
         try:
             return decoding.result(timeout=DECODE_POLL_S)
         except FutureTimeout:
+            if token.cancelled:
+                decoding.cancel()  # still waiting for a decoder thread: it never starts
             token.check()
 
 
