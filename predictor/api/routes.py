@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from predictor.api.connections import MAX_HEADER_BYTES
 from predictor.api.errors import (
     INPUT_ERRORS,
     REQUEST_ERRORS,
@@ -191,6 +192,10 @@ def describe(upscaler: Upscaler) -> dict[str, Any]:
         "gpu_hourly_usd": settings.gpu_hourly_usd or None,
         "limits": {
             "max_download_bytes": settings.fetch.max_bytes,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_header_bytes": MAX_HEADER_BYTES,
+            "max_json_depth": JSON_LIMITS.max_depth,
+            "max_json_values": JSON_LIMITS.max_values,
             "max_input_pixels": settings.max_input_pixels,
             "max_output_pixels": settings.max_output_pixels,
             "max_inflight": settings.max_inflight,

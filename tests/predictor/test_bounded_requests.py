@@ -185,3 +185,11 @@ def test_an_error_body_stays_under_64_kb_whatever_its_items_carry() -> None:
     assert summary["type"] == "too_many_errors"  # the count survives the cut, and is right
     assert len(listed) + summary["ctx"]["left_out"] == 500
     assert all(len(item["msg"]) < 2100 for item in body["detail"])
+
+
+def test_info_names_the_request_limits(server) -> None:
+    limits = httpx.get(server.url + "/info", timeout=30).json()["limits"]
+    assert limits["max_header_bytes"] == 64 * 1024
+    assert limits["max_json_depth"] == JsonLimits().max_depth
+    assert limits["max_json_values"] == JsonLimits().max_values
+    assert limits["max_body_bytes"] > limits["max_download_bytes"]  # a data: URI's base64 fits
