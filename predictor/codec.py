@@ -2,7 +2,8 @@
 
 Decoding takes the still formats users send (JPEG, PNG, WebP, GIF and TIFF as their first frame,
 BMP, AVIF where Pillow has it, HEIF/HEIC with pillow-heif), checks the pixel count from the
-header before any pixel is decoded (decompression bombs) and applies EXIF orientation.
+header before any pixel is decoded (decompression bombs), refuses JPEGs with more scans than any
+encoder writes (each scan is a pass over every pixel) and applies EXIF orientation.
 Transparency is kept for outputs that can hold it (PNG, WebP: the colour goes through the engine,
 the alpha is resized alongside) and flattened onto white otherwise. Encoding uses settings
 measured in ``make bench`` (docs/benchmarks.md): Pillow's defaults cost several times more CPU.
@@ -43,6 +44,11 @@ MAX_SIDE: dict[OutputFormat, int] = {
     OutputFormat.png: 2**31 - 1,
     OutputFormat.webp: 16383,
 }
+#: the most JPEG scans decoded: a progressive JPEG has about 10 per image (one more image for an
+#: EXIF thumbnail or an MPO's second frame), while each scan costs a full pass over the pixels,
+#: so a few MB repeating one scan 100,000 times would hold a worker for minutes
+MAX_JPEG_SCANS = 256
+_START_OF_SCAN = b"\xff\xda"  # a marker: entropy-coded data never holds it (0xFF is stuffed)
 #: output formats that hold an alpha channel
 ALPHA_FORMATS = frozenset({OutputFormat.png, OutputFormat.webp})
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -97,6 +103,8 @@ def decode_image(data: bytes, max_pixels: int, keep_alpha: bool = False) -> Imag
             f"Image format {image.format} is not supported; supported formats: {_FORMAT_NAMES}.",
             supported_formats=list(SUPPORTED_INPUT_FORMATS),
         )
+    if image.format in ("JPEG", "MPO"):
+        check_jpeg_scans(data)
     width, height = image.size
     if width * height > max_pixels:
         raise image_too_large(
@@ -114,6 +122,17 @@ def decode_image(data: bytes, max_pixels: int, keep_alpha: bool = False) -> Imag
         return to_rgb(image)
     except Exception as exc:
         raise image_load_error(f"The {image.format} image could not be decoded: {exc}.") from None
+
+
+def check_jpeg_scans(data: bytes) -> None:
+    """Refuse a JPEG with more than :data:`MAX_JPEG_SCANS` scans before decoding any (400)."""
+    scans = data.count(_START_OF_SCAN)
+    if scans > MAX_JPEG_SCANS:
+        raise image_load_error(
+            f"The JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (a progressive "
+            "JPEG has about 10).",
+            max_scans=MAX_JPEG_SCANS,
+        )
 
 
 def has_alpha(image: Image.Image) -> bool:

@@ -65,18 +65,37 @@ class InputError(UpscaleError):
         return {"detail": [item], "error_type": self.error_type}
 
 
+#: the most input errors one body lists; the rest are counted in a last item
+MAX_ERROR_ITEMS = 20
+
+
 class ValidationFailed(UpscaleError):
-    """Schema or range errors (422), as a list of pydantic-style items."""
+    """Schema or range errors (422), as a list of pydantic-style items (the first
+    :data:`MAX_ERROR_ITEMS`: a body with thousands of unknown fields has as many errors)."""
 
     status_code = 422
     error_type = "validation_error"
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(f"{len(errors)} validation error(s)")
-        self.errors = errors
+        self.errors = errors[:MAX_ERROR_ITEMS]
+        self.left_out = len(errors) - len(self.errors)
 
     def body(self) -> dict[str, Any]:
-        return {"detail": self.errors}
+        detail = list(self.errors)
+        if self.left_out:
+            detail.append(errors_left_out(self.left_out))
+        return {"detail": detail, "error_type": self.error_type}
+
+
+def errors_left_out(count: int) -> dict[str, Any]:
+    """The last input error of a body that lists only some: how many it leaves out."""
+    return {
+        "type": "too_many_errors",
+        "loc": ["body"],
+        "msg": f"… and {count} more error(s) not listed.",
+        "ctx": {"left_out": count},
+    }
 
 
 class RequestFailed(UpscaleError):

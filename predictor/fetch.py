@@ -273,6 +273,6 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
 
 async def fetch_image_bytes(url: str, limits: FetchLimits) -> bytes:
     """The raw bytes behind ``image_url``: decoded ``data:`` URI or downloaded body."""
-    if url[:5].lower() == "data:":
-        return decode_data_uri(url, limits.max_bytes)
+    if url[:5].lower() == "data:":  # tens of MB of base64: decoded off the event loop
+        return await asyncio.to_thread(decode_data_uri, url, limits.max_bytes)
     return await fetch_url(url, limits)

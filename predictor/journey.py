@@ -13,9 +13,13 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from PIL import Image
 
 from predictor import metrics
 from predictor.codec import (
@@ -42,6 +46,8 @@ from predictor.workers import Admission, CancelToken, Deadline, WorkerPool
 
 log = logging.getLogger("predictor.journey")
 T = TypeVar("T")
+#: how often an engine worker waiting for a decode checks whether its job was given up
+DECODE_POLL_S = 0.05
 
 
 def check_supported(request: UpscaleRequest, engine: Engine) -> None:
@@ -78,6 +84,10 @@ class Processed:
     safety_flagged: bool = False
 
 
+#: ``decode(data, max_pixels, keep_alpha)``: :func:`decode_image`, or a wrapper around it
+DecodeFn = Callable[[bytes, int, bool], Image.Image]
+
+
 def process_image(
     data: bytes,
     request: UpscaleRequest,
@@ -86,6 +96,7 @@ def process_image(
     settings: Settings,
     progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
+    decode: DecodeFn = decode_image,
 ) -> Processed:
     """The CPU/GPU-bound middle of the journey (decode → plan → engine → encode), run off-loop.
 
@@ -94,7 +105,7 @@ def process_image(
     timings = {} if timings is None else timings
     started = time.perf_counter()
     keep_alpha = request.output_format in ALPHA_FORMATS
-    image, alpha = split_alpha(decode_image(data, settings.max_input_pixels, keep_alpha))
+    image, alpha = split_alpha(decode(data, settings.max_input_pixels, keep_alpha))
     timings["decode"] = _lap(started)
     width, height = plan_output_size(
         image.width,
@@ -114,6 +125,22 @@ def process_image(
     timings["encode"] = _lap(started)
     flagged = bool(result.info.get(SAFETY_FLAGGED_KEY))
     return Processed(encoded, image.size, timings, flagged)
+
+
+def decode_abandonable(
+    decoders: Executor, token: CancelToken, data: bytes, max_pixels: int, keep_alpha: bool
+) -> Image.Image:
+    """:func:`decode_image` on a decoder thread, waited for by the engine worker until its job is
+    cancelled (its deadline, a hang-up, shutdown): the worker is then free at once, and the
+    decode (bounded by the pixel and scan limits, but not cancellable) ends on its own."""
+    decoding = decoders.submit(decode_image, data, max_pixels, keep_alpha)
+    while True:
+        try:
+            return decoding.result(timeout=DECODE_POLL_S)
+        except FutureTimeout:
+            if token.cancelled:
+                decoding.cancel()  # still waiting for a decoder thread: it never starts
+            token.check()
 
 
 def deliver(encoded: Encoded, sync_mode: bool, store: OutputStore, base_url: str) -> ImageOut:
@@ -151,6 +178,8 @@ class Upscaler:
             lambda: self.pool.inflight,
             self.pool.free_slots,
         )
+        #: decodes run here, not on the engine workers that wait for them (decode_abandonable)
+        self.decoders = ThreadPoolExecutor(2 * settings.max_inflight, thread_name_prefix="decode")
 
     def deadline(self) -> Deadline:
         """``--request-timeout`` from now: one request's deadline, whatever it runs."""
@@ -294,10 +323,13 @@ class Upscaler:
                 token.check(done, total)
                 observer.progress(done, total, unit)
 
+            def decode(data: bytes, max_pixels: int, keep_alpha: bool) -> Image.Image:
+                return decode_abandonable(self.decoders, token, data, max_pixels, keep_alpha)
+
             timings: dict[str, float] = {}
             try:
                 return process_image(
-                    data, request, seed, self.engine, self.settings, progress, timings
+                    data, request, seed, self.engine, self.settings, progress, timings, decode
                 )
             finally:
                 record.add_device_time(timings.get("inference", 0.0), self.telemetry)
@@ -316,6 +348,7 @@ class Upscaler:
 
     def close(self) -> None:
         self.pool.shutdown()
+        self.decoders.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
 
 

@@ -16,7 +16,8 @@ from predictor.engines.options import MAX_LORAS
 APP_ID = "fal-ai/chrono-edit-lora-gallery/upscaler"
 #: fal's queue also answers a request's routes under the app's owner/alias
 OWNER_ALIAS = "/".join(APP_ID.split("/")[:2])  # fal-ai/chrono-edit-lora-gallery
-#: numbers are JSON numbers: finite (no NaN, Infinity, 1e309) and never booleans or strings
+#: numbers are JSON numbers: finite (no NaN, Infinity, 1e309) and never booleans or strings;
+#: booleans are as strict (``"true"``, ``1`` and ``"no"`` are not booleans)
 NUMBER = {"strict": True, "allow_inf_nan": False}
 
 
@@ -74,7 +75,9 @@ class UpscaleRequest(BaseModel):
         float,
         Field(ge=0, le=10, description="Guidance scale; ≤ 1 means no negative pass.", **NUMBER),
     ] = 1.0
-    enable_safety_checker: bool = True
+    enable_safety_checker: Annotated[
+        bool, Field(description="Check the output for unsafe content.", strict=True)
+    ] = True
     num_inference_steps: Annotated[
         int,
         Field(ge=2, le=50, description="Denoising steps for the upscaling pass.", strict=True),
@@ -96,7 +99,10 @@ class UpscaleRequest(BaseModel):
     output_format: OutputFormat = OutputFormat.jpeg
     sync_mode: Annotated[
         bool,
-        Field(description="true: the image comes back as a data: URI; false: as a URL we serve."),
+        Field(
+            description="true: the image comes back as a data: URI; false: as a URL we serve.",
+            strict=True,
+        ),
     ] = False
     loras: Annotated[
         list[LoraWeight],

@@ -19,6 +19,7 @@ from kserve import ModelServer
 from kserve.model_server import app as kserve_app
 
 from predictor.api.auth import KeyAuthMiddleware
+from predictor.api.connections import MAX_HEADER_BYTES, BoundedH11Protocol
 from predictor.api.kserve_model import UpscalerModel
 from predictor.api.kserve_routes import mount_v1_predict, register_kserve_routes
 from predictor.api.playground import mount_playground
@@ -161,6 +162,9 @@ class BoundModelServer(ModelServer):
             config = rest_server.config
             config.host = self.host
             config.ssl_certfile, config.ssl_keyfile = self.tls  # uvicorn loads them at start
+            # header size and reading time bounded (api/connections.py)
+            config.http = BoundedH11Protocol
+            config.h11_max_incomplete_event_size = MAX_HEADER_BYTES
             self._hook_signals(self._rest_server._server)
         if self.queue is not None:
             await self.queue.start()

@@ -2,41 +2,90 @@
 
 Domain errors (:mod:`predictor.errors`) carry a status and a body; this module shapes pydantic's
 validation errors the way FastAPI shows them and turns any of them into a JSON response, so every
-route, middleware and the KServe model answer errors alike.
+route, middleware and the KServe model answer errors alike. Whatever the input, an error body
+echoes only excerpts of it and stays under :data:`MAX_ERROR_BODY_BYTES`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from predictor.errors import UpscaleError, ValidationFailed
+from predictor.errors import UpscaleError, ValidationFailed, errors_left_out
 from predictor.schema import UpscaleRequest
+
+#: no error body is larger (input errors past it are left out), nor any one string in it
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_ERROR_STRING = 2000
+_STATUSES = frozenset(status.value for status in HTTPStatus)
 
 
 def error_response(exc: UpscaleError) -> JSONResponse:
     """The error's body as JSON; whatever the client sent and a message quotes stays encodable."""
-    body = json_safe(exc.body())
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
+    return JSONResponse(json_safe(exc.body()), status_code=exc.status_code, headers=exc.headers())
 
 
-def json_safe(value: Any) -> Any:
+def json_safe(body: dict[str, Any]) -> dict[str, Any]:
+    """An error body as strict JSON of bounded size: see :func:`_encodable`; strings cut to
+    :data:`MAX_ERROR_STRING` characters, input errors left out past :data:`MAX_ERROR_BODY_BYTES`."""
+    safe = _encodable(body)
+    detail = safe.get("detail")
+    while isinstance(detail, list) and len(detail) > 1 and _size(safe) > MAX_ERROR_BODY_BYTES:
+        summary = detail.pop() if detail[-1].get("type") == "too_many_errors" else None
+        detail.pop()
+        left_out = 1 + (summary["ctx"]["left_out"] if summary else 0)
+        detail.append(errors_left_out(left_out))
+    return safe
+
+
+def _size(body: dict[str, Any]) -> int:
+    return len(json.dumps(body, ensure_ascii=False).encode())
+
+
+def _encodable(value: Any) -> Any:
     """``value`` with what strict JSON in UTF-8 cannot carry replaced: NaN and ±Infinity by their
-    names, lone surrogates (``"\\udfff"`` parses in JSON) by ``?``."""
+    names, lone surrogates (``"\\udfff"`` parses in JSON) by ``?``; long strings cut."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value).replace("inf", "Infinity").replace("nan", "NaN")
     if isinstance(value, str):
+        value = _short(value, MAX_ERROR_STRING)
         return value.encode("utf-8", errors="replace").decode("utf-8")
     if isinstance(value, dict):
-        return {json_safe(key): json_safe(item) for key, item in value.items()}
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
+        return [_encodable(item) for item in value]
     return value
+
+
+def error_json(
+    status_code: int,
+    error_type: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """A request error (``{"detail": "<text>", "error_type"}`` with the ``X-Fal-*`` headers) that
+    no :class:`UpscaleError` raised: not found, still in progress, a framework's own error."""
+    body = {"detail": detail, "error_type": error_type, **extra}
+    fal_headers = {"X-Fal-Error-Type": error_type, "X-Fal-Retryable": "false"}
+    return JSONResponse(json_safe(body), status_code, headers={**(headers or {}), **fal_headers})
+
+
+async def http_error_handler(_: Request, exc: Exception) -> Response:
+    """Starlette's and FastAPI's own errors (no route, wrong method, a body that does not parse)
+    in fal's shape, the error type named after the status (``not_found``, ``bad_request``)."""
+    assert isinstance(exc, StarletteHTTPException)
+    phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in _STATUSES else "HTTP error"
+    error_type = phrase.lower().replace(" ", "_").replace("-", "_")
+    return error_json(exc.status_code, error_type, str(exc.detail), dict(exc.headers or {}))
 
 
 async def upscale_error_handler(_: Request, exc: Exception) -> Response:
@@ -63,9 +112,9 @@ def public_error(error: Any, loc_prefix: tuple[str | int, ...] = ()) -> dict[str
     """A pydantic error as FastAPI shows it, made JSON-safe, with long inputs (data: URIs) cut."""
     item: dict[str, Any] = {
         "type": error["type"],
-        "loc": [*loc_prefix, *error["loc"]],
+        "loc": [*loc_prefix, *(_short(part, 100) for part in error["loc"])],
         "msg": error["msg"],
-        "input": _short(error.get("input")),
+        "input": _excerpt(error.get("input")),
     }
     if error.get("ctx"):
         item["ctx"] = {
@@ -75,16 +124,29 @@ def public_error(error: Any, loc_prefix: tuple[str | int, ...] = ()) -> dict[str
     return item
 
 
-def _short(value: Any, limit: int = 200) -> Any:
-    """The offending input, cut (a data: URI can be megabytes); :func:`json_safe` does the rest."""
+def _excerpt(value: Any, max_chars: int = 1000) -> Any:
+    """The offending input, cut to about ``max_chars`` of JSON (a data: URI can be megabytes, an
+    object thousands of keys): strings cut, containers to their first entries, and a container
+    still too long as the start of its JSON text."""
+    value = _short(value)
+    if isinstance(value, dict | list):
+        text = json.dumps(_encodable(value), ensure_ascii=False)
+        if len(text) > max_chars:
+            return _short(text, max_chars)
+    return value
+
+
+def _short(value: Any, limit: int = 200, entries: int = 20) -> Any:
+    """``value`` with strings cut to ``limit`` characters and containers to ``entries`` entries."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + f"… ({len(value)} characters)"
     if isinstance(value, dict):
-        return {key: _short(item, limit) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_short(item, limit) for item in value[:20]]
+        items = list(value.items())[:entries]
+        return {_short(key, limit): _short(item, limit) for key, item in items}
+    if isinstance(value, list | tuple):
+        return [_short(item, limit) for item in value[:entries]]
     return value
 
 

@@ -20,6 +20,8 @@ from predictor.api.errors import (
     INPUT_ERRORS,
     REQUEST_ERRORS,
     ErrorBody,
+    error_json,
+    error_response,
     json_safe,
     openapi_responses,
     public_error,
@@ -69,9 +71,10 @@ _REQUEST_ROUTE_ERRORS = {401: ErrorBody, 404: ErrorBody, 503: ErrorBody}
 
 
 def not_found(request_id: str) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"Request {request_id!r} not found (unknown, or its result has expired)."},
-        status_code=404,
+    return error_json(
+        404,
+        "request_not_found",
+        f"Request {request_id!r} not found (unknown, or its result has expired).",
     )
 
 
@@ -185,10 +188,12 @@ def _mount_request_routes(
         headers = {REQUEST_ID_HEADER: request_id}
         outcome = state.outcome
         if state.status is not Status.COMPLETED or outcome is None:
-            return JSONResponse(
-                {"detail": "Request is still in progress.", "status": state.status.value},
-                status_code=400,
-                headers=headers,
+            return error_json(
+                400,
+                "request_in_progress",
+                "Request is still in progress.",
+                headers,
+                status=state.status.value,
             )
         if outcome.failed:
             return JSONResponse(
@@ -296,7 +301,7 @@ class FalProxyMiddleware:
                 else "The proxy needs the target URL in the x-fal-target-url header."
             )
             error = RequestFailed(400, "invalid_proxy_target", detail, retryable=False)
-            await JSONResponse(error.body(), status_code=400)(scope, receive, send)
+            await error_response(error)(scope, receive, send)
             return
         path, query = mapped
         scope = {

@@ -13,18 +13,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from predictor.api.connections import MAX_HEADER_BYTES
 from predictor.api.errors import (
     INPUT_ERRORS,
     REQUEST_ERRORS,
     ErrorBody,
+    error_json,
     error_response,
+    http_error_handler,
     openapi_responses,
     upscale_error_handler,
     validation_error_handler,
 )
+from predictor.api.json_shape import JSON_LIMITS, JsonLimits, check_json_shape
 from predictor.errors import (
     CLIENT_DISCONNECTED,
     UpscaleError,
@@ -51,15 +56,17 @@ def is_upscale_route(method: str, path: str) -> bool:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with a 413 before the app sees them.
+    """Refuse request bodies over ``max_bytes`` with a 413, and upscaling requests whose JSON is
+    past ``json_limits`` with a 422 (:func:`check_json_shape`), before the app parses them.
 
     A declared ``Content-Length`` is checked up front; a chunked body is read up to the limit and
     then replayed to the app (which would buffer it whole anyway).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, json_limits: JsonLimits = JSON_LIMITS) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.json_limits = json_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,13 +89,23 @@ class BodyLimitMiddleware:
             if received > self.max_bytes:
                 await error_response(self._too_large())(scope, receive, send)
                 return
+        body = b"".join(chunks)
+        del chunks
+        if body and is_upscale_route(scope["method"], scope["path"]):
+            try:
+                check_json_shape(body, self.json_limits)
+            except UpscaleError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
         replayed = False
 
         async def replay() -> Message:
-            nonlocal replayed
+            nonlocal replayed, body
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                message: Message = {"type": "http.request", "body": body, "more_body": False}
+                body = b""  # the app keeps its own reference as long as it needs one
+                return message
             return await receive()
 
         await self.app(scope, replay, send)
@@ -175,6 +192,10 @@ def describe(upscaler: Upscaler) -> dict[str, Any]:
         "gpu_hourly_usd": settings.gpu_hourly_usd or None,
         "limits": {
             "max_download_bytes": settings.fetch.max_bytes,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_header_bytes": MAX_HEADER_BYTES,
+            "max_json_depth": JSON_LIMITS.max_depth,
+            "max_json_values": JSON_LIMITS.max_values,
             "max_input_pixels": settings.max_input_pixels,
             "max_output_pixels": settings.max_output_pixels,
             "max_inflight": settings.max_inflight,
@@ -204,6 +225,7 @@ def mount_fal_routes(
     """Add fal's upscaler route and the output file route to ``app`` (KServe's app in serving)."""
     app.add_exception_handler(UpscaleError, upscale_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     # inside the body limit: it reads the (already bounded) body, then watches the connection
     app.add_middleware(CancelOnDisconnectMiddleware, watched=is_sync_upscale_route)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -249,8 +271,8 @@ def mount_fal_routes(
     async def get_file(file_name: str) -> Response:
         stored = await asyncio.to_thread(ready_upscaler().store.get, file_name)
         if stored is None:
-            return JSONResponse(
-                {"detail": f"File {file_name!r} does not exist or has expired."}, status_code=404
+            return error_json(
+                404, "file_not_found", f"File {file_name!r} does not exist or has expired."
             )
         return Response(
             stored.data,

@@ -1,5 +1,6 @@
 """``make bench``: per-stage timings, encoder choices, server overhead, sr fidelity, the sr
-engine's execution paths, LoRA swaps, queue overhead and a short load run.
+engine's execution paths, LoRA swaps, queue overhead, a short load run and what hostile inputs
+cost.
 
 Prints markdown tables (paste them into docs/benchmarks.md with the machine they ran on).
 Stages are timed with the same functions the server runs; the server overhead, the queue overhead
@@ -32,6 +33,7 @@ from PIL import Image
 
 from predictor.codec import ENCODERS, decode_image, encode_image
 from predictor.config import FetchLimits
+from predictor.dev.bench_hostile import hostile_section
 from predictor.dev.bench_sr import sr_section
 from predictor.dev.local_server import local_server
 from predictor.dev.quality import roundtrip_psnr
@@ -343,7 +345,9 @@ def main() -> None:
         print("## Queue overhead: one 256² photo ×2, sync route vs queue (loopback, medians)\n")
         print(queue_overhead(url, log_path, source.resize((256, 256), Image.LANCZOS)), "\n")
         print("## Short load run (locust, 2 users, small profile, 10 s)\n")
-        print(load_run(url, BENCH_HOURLY_USD))
+        print(load_run(url, BENCH_HOURLY_USD), "\n")
+    print("## Hostile inputs: bounded cost (predictor/dev/bench_hostile.py)\n")
+    print(hostile_section())
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ from predictor.workers import Admission
 
 @dataclass
 class _Entry:
-    """One request of a :class:`LocalQueue`."""
+    """One request of a :class:`LocalQueue`: what its status and result need. Its input is not
+    kept here but only by the task running it, so a finished request holds its output only."""
 
     request_id: str
-    request: UpscaleRequest
     base_url: str
     webhook_url: str | None
     submitted: float = field(default_factory=time.monotonic)
@@ -87,12 +87,12 @@ class LocalQueue(QueueBackend):
     ) -> QueueState:
         self._forget_expired()
         admission = self.upscaler.pool.admit()
-        entry = _Entry(request_id, request, base_url, webhook_url)
+        entry = _Entry(request_id, base_url, webhook_url)
         entry.add_log(log_line("queued"))
         self._entries[request_id] = entry
         # a fresh context: the submit's HTTP record must not become this job's record
         entry.task = asyncio.get_running_loop().create_task(
-            self._run(entry, admission), context=contextvars.Context()
+            self._run(entry, request, admission), context=contextvars.Context()
         )
         # a task cancelled before its first step never runs _run's own clean-up
         entry.task.add_done_callback(lambda _: self._cancelled_before_start(entry, admission))
@@ -157,13 +157,13 @@ class LocalQueue(QueueBackend):
             if entry.finished_at is not None and now - entry.finished_at > self.result_ttl_s:
                 del self._entries[request_id]
 
-    async def _run(self, entry: _Entry, admission: Admission) -> None:
+    async def _run(self, entry: _Entry, request: UpscaleRequest, admission: Admission) -> None:
         observer = _LocalObserver(entry, asyncio.get_running_loop())
         try:
             outcome = await run_job(
                 self.upscaler,
                 entry.request_id,
-                entry.request,
+                request,
                 entry.base_url,
                 observer,
                 admission,

@@ -96,6 +96,7 @@ COMPLETE = """
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
    or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[3])
+redis.call('HDEL', KEYS[2], 'request')  -- the input: a finished request keeps its output only
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -121,6 +122,7 @@ if status == 'COMPLETED' then return 'ALREADY_COMPLETED' end
 if status == 'IN_QUEUE' then
   redis.call('LREM', KEYS[1], 0, ARGV[1])
   redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[2])
+  redis.call('HDEL', KEYS[2], 'request')
   redis.call('RPUSH', KEYS[3], ARGV[3], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('EXPIRE', KEYS[3], ARGV[5])
@@ -148,6 +150,7 @@ for _, id in ipairs(expired) do
       local outcome = ARGV[3]
       if redis.call('HGET', job, 'cancel') == '1' then outcome = ARGV[4] end
       redis.call('HSET', job, 'status', 'COMPLETED', 'outcome', outcome, 'consumer', '')
+      redis.call('HDEL', job, 'request')
       redis.call('RPUSH', logs, ARGV[6])
       redis.call('EXPIRE', job, ARGV[7])
       redis.call('EXPIRE', logs, ARGV[7])

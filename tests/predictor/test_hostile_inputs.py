@@ -235,6 +235,9 @@ def test_hostile_input(client: httpx.Client, case: Case) -> None:
     if not case.path.endswith("/status/stream") or response.status_code != 200:
         body = response.json()  # always valid JSON
         assert isinstance(body, dict)
+        if "detail" in body:  # fal's shape (KServe's routes keep {"error"}, cancel {"status"})
+            assert body["error_type"] == response.headers["x-fal-error-type"], body
+            assert response.headers["x-fal-retryable"] in ("true", "false")
     if case.loc is not None:
         locations = [item["loc"] for item in body["detail"]]
         assert case.loc in locations, body
