@@ -68,7 +68,7 @@ POLL_S = 0.1
 #: a command's budget: connect and read timeouts, then this many retries with jittered backoff,
 #: so a route answers 503 within a few seconds of Redis going away (and never hangs on it)
 CONNECT_TIMEOUT_S = 2.0
-READ_TIMEOUT_S = 3.0
+READ_TIMEOUT_S = 2.0
 COMMAND_RETRIES = 2
 #: background loops (connect, consume, reap) retry Redis from 0.1 s, doubling to this cap
 MAX_BACKOFF_S = 5.0
@@ -138,7 +138,13 @@ return {id, redis.call('HGET', job, 'request'), redis.call('HGET', job, 'base_ur
 RENEW = (
     _NOW_MS
     + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'request', ARGV[6], 'base_url', ARGV[4], 'webhook_url', ARGV[5],
+             'status', 'IN_PROGRESS', 'attempts', ARGV[7], 'consumer', ARGV[2], 'cancel', '0')
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('RPUSH', KEYS[3], ARGV[8])
+  return 3
+end
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
    or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return -1 end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
@@ -148,11 +154,6 @@ return 1
 )
 
 COMPLETE = """
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'status', 'IN_PROGRESS', 'consumer', ARGV[2], 'base_url', ARGV[7],
-             'webhook_url', ARGV[8], 'attempts', 1, 'cancel', '0', 'request', '{}')
-  redis.call('RPUSH', KEYS[3], ARGV[9])
-end
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
    or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[3])
@@ -269,8 +270,6 @@ class _Claimed:
     base_url: str
     webhook_url: str | None
     attempts: int
-    #: its record vanished from Redis while it ran (data lost): completing writes it again
-    orphaned: bool = False
 
 
 class Reachability:
@@ -401,9 +400,7 @@ class RedisQueue(QueueBackend):
         try:
             yield
         except UNREACHABLE as exc:
-            log.warning(
-                "redis at %s unreachable: %s: %s", self.reach.where, type(exc).__name__, exc
-            )
+            self.reach.failed(exc, "answering a request")  # logged once per outage
             raise store_unavailable("shared queue (Redis)", exc) from None
 
     async def _enqueue(
@@ -501,7 +498,7 @@ class RedisQueue(QueueBackend):
             log.error(
                 "redis at %s lost its data (restarted without persistence, or flushed): requests "
                 "waiting in the queue and finished results are gone (their status answers 404, "
-                "no webhook comes); requests running now finish and are recorded again. Run Redis "
+                "no webhook comes); requests running now are recorded again and finish. Run Redis "
                 "with appendonly yes (docs/replicas.md)",
                 self.reach.where,
             )
@@ -635,14 +632,6 @@ class RedisQueue(QueueBackend):
                         _dump(outcome),
                         json.dumps(outcome_log(outcome)),
                         self.ttl_s,
-                        "1" if job.orphaned else "0",
-                        job.base_url,
-                        job.webhook_url or "",
-                        json.dumps(
-                            log_line(
-                                "recorded again: redis lost this request while it ran", "WARNING"
-                            )
-                        ),
                     ],
                 )
                 break
@@ -664,29 +653,39 @@ class RedisQueue(QueueBackend):
     async def _renew(self, job: _Claimed, runner: asyncio.Task, verdict: dict) -> None:
         """Keep the lease; stop the runner when the request is cancelled or the lease lost.
 
-        A record that vanished (Redis lost its data) is no other replica's: the run goes on and
-        its outcome is recorded again when it completes."""
+        A record that vanished (Redis lost its data) is no other replica's: it is written again,
+        and the run goes on (its status answers 404 for at most one renewal interval)."""
         interval = min(1.0, self.lease_ms / 3000)
+        again = json.dumps(log_line("recorded again: redis lost it while it ran", "WARNING"))
         while True:
             await asyncio.sleep(interval)
             try:
                 answer = await self._scripts["renew"](
-                    keys=[self.running_key, self.key("job", job.request_id)],
-                    args=[job.request_id, self.consumer, self.lease_ms],
+                    keys=[
+                        self.running_key,
+                        self.key("job", job.request_id),
+                        self.key("logs", job.request_id),
+                    ],
+                    args=[
+                        job.request_id,
+                        self.consumer,
+                        self.lease_ms,
+                        job.base_url,
+                        job.webhook_url or "",
+                        job.request.model_dump_json(exclude_unset=True),
+                        job.attempts,
+                        again,
+                    ],
                 )
             except UNREACHABLE as exc:
                 log.warning("renewing the lease of request_id=%s failed: %s", job.request_id, exc)
                 continue
-            if answer == 1:
-                continue
-            if answer == 0:
-                if not job.orphaned:
-                    log.error(
-                        "request_id=%s: its record vanished from redis (data lost); finishing it "
-                        "and recording it again",
-                        job.request_id,
-                    )
-                job.orphaned = True
+            if answer == 3:
+                log.error(
+                    "request_id=%s: its record vanished from redis (data lost); recorded again",
+                    job.request_id,
+                )
+            if answer in (1, 3):
                 continue
             verdict["why"] = "cancel" if answer == 2 else "lost"
             if answer != 2:
