@@ -180,7 +180,8 @@ def watch_pool(waiting: Callable[[], float], inflight: Callable[[], float]) -> N
 REDIS_UP = Gauge(
     "upscaler_queue_redis_up",
     "1 while this replica reaches the shared queue's Redis, 0 during an outage (or before it "
-    "first connected; the replica is not ready then).",
+    "first connected; the replica is not ready then). Only with --redis-url; by --redis-prefix.",
+    ("prefix",),
 )
 REDIS_DATA_LOST = Counter(
     "upscaler_queue_redis_data_lost",

@@ -135,14 +135,30 @@ return {id, redis.call('HGET', job, 'request'), redis.call('HGET', job, 'base_ur
 """
 )
 
+
+def _recreate(first: int) -> str:
+    """Lua: write a running request's record again if it vanished because Redis lost its data
+    since the claim (the data marker ``KEYS[4]`` is not the one seen at the claim,
+    ``ARGV[first]``), never when it merely expired. ``ARGV[first+1..first+5]``: base_url,
+    webhook_url, request, attempts, the log line to add."""
+    a = [f"ARGV[{first + n}]" for n in range(6)]
+    return f"""
+local recreated = false
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('GET', KEYS[4]) ~= {a[0]} then
+  redis.call('HSET', KEYS[2], 'request', {a[3]}, 'base_url', {a[1]}, 'webhook_url', {a[2]},
+             'status', 'IN_PROGRESS', 'attempts', {a[4]}, 'consumer', ARGV[2], 'cancel', '0')
+  redis.call('RPUSH', KEYS[3], {a[5]})
+  recreated = true
+end
+"""
+
+
 RENEW = (
     _NOW_MS
+    + _recreate(4)
     + """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'request', ARGV[6], 'base_url', ARGV[4], 'webhook_url', ARGV[5],
-             'status', 'IN_PROGRESS', 'attempts', ARGV[7], 'consumer', ARGV[2], 'cancel', '0')
+if recreated then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('RPUSH', KEYS[3], ARGV[8])
   return 3
 end
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
@@ -153,7 +169,9 @@ return 1
 """
 )
 
-COMPLETE = """
+COMPLETE = (
+    _recreate(6)
+    + """
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
    or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[3])
@@ -163,6 +181,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 return 1
 """
+)
 
 RELEASE = """
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
@@ -270,18 +289,21 @@ class _Claimed:
     base_url: str
     webhook_url: str | None
     attempts: int
+    #: the data marker when it was claimed: a different one later means Redis lost its data
+    epoch: str | None = None
 
 
 class Reachability:
     """Whether Redis answers, as the background loops see it: the start and the end of an outage
     are logged once each (not once per retry) and exported as ``upscaler_queue_redis_up``."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, prefix: str) -> None:
         self.where = where
         self.up = False
         self.down_since: float | None = None
         self.backoff = Backoff()
-        metrics.REDIS_UP.set(0)
+        self.gauge = metrics.REDIS_UP.labels(prefix)
+        self.gauge.set(0)
 
     def failed(self, exc: Exception, doing: str) -> float:
         """Note a failure; return how long to wait before retrying."""
@@ -298,7 +320,7 @@ class Reachability:
                 MAX_BACKOFF_S,
             )
         self.up = False
-        metrics.REDIS_UP.set(0)
+        self.gauge.set(0)
         return delay
 
     def succeeded(self) -> None:
@@ -311,7 +333,7 @@ class Reachability:
             )
         self.up = True
         self.down_since = None
-        metrics.REDIS_UP.set(1)
+        self.gauge.set(1)
 
 
 class _RedisObserver(LogLineObserver):
@@ -373,8 +395,8 @@ class RedisQueue(QueueBackend):
                 ("epoch", EPOCH),
             )
         }
-        kwargs_ = self.redis.connection_pool.connection_kwargs
-        self.reach = Reachability(f"{kwargs_.get('host')}:{kwargs_.get('port')}")
+        where = self.redis.connection_pool.connection_kwargs
+        self.reach = Reachability(f"{where.get('host')}:{where.get('port')}", prefix)
         #: the data marker this replica last saw (None until it first reached Redis)
         self.epoch: str | None = None
         self._tasks: list[asyncio.Task] = []
@@ -580,6 +602,7 @@ class RedisQueue(QueueBackend):
             base_url,
             webhook_url or None,
             int(attempts),
+            self.epoch,
         )
 
     async def _run(self, job: _Claimed, admission: Admission) -> None:
@@ -612,6 +635,27 @@ class RedisQueue(QueueBackend):
         if await self._complete(job, outcome):
             self._finished(job.request_id, job.webhook_url, outcome)
 
+    def _job_keys(self, request_id: str) -> list[str]:
+        """What RENEW and COMPLETE touch: running, the record, its logs, the data marker."""
+        return [
+            self.running_key,
+            self.key("job", request_id),
+            self.key("logs", request_id),
+            f"{self.prefix}:epoch",
+        ]
+
+    @staticmethod
+    def _recreate_args(job: _Claimed) -> list[Any]:
+        """The record's fields, written again if Redis lost it while the request ran here."""
+        return [
+            job.epoch or "",
+            job.base_url,
+            job.webhook_url or "",
+            job.request.model_dump_json(exclude_unset=True),
+            job.attempts,
+            json.dumps(log_line("recorded again: redis lost it while it ran", "WARNING")),
+        ]
+
     async def _complete(self, job: _Claimed, outcome: Outcome) -> bool:
         """Record the outcome if this replica still holds the request; retried while Redis is
         away (up to :data:`COMPLETE_RETRY_S`). True when recorded: its webhook is this
@@ -621,17 +665,14 @@ class RedisQueue(QueueBackend):
         while True:
             try:
                 applied = await self._scripts["complete"](
-                    keys=[
-                        self.running_key,
-                        self.key("job", job.request_id),
-                        self.key("logs", job.request_id),
-                    ],
+                    keys=self._job_keys(job.request_id),
                     args=[
                         job.request_id,
                         self.consumer,
                         _dump(outcome),
                         json.dumps(outcome_log(outcome)),
                         self.ttl_s,
+                        *self._recreate_args(job),
                     ],
                 )
                 break
@@ -653,28 +694,21 @@ class RedisQueue(QueueBackend):
     async def _renew(self, job: _Claimed, runner: asyncio.Task, verdict: dict) -> None:
         """Keep the lease; stop the runner when the request is cancelled or the lease lost.
 
-        A record that vanished (Redis lost its data) is no other replica's: it is written again,
-        and the run goes on (its status answers 404 for at most one renewal interval)."""
+        A record that vanished because Redis lost its data is no other replica's: it is written
+        again, and the run goes on (its status answered 404 meanwhile, at most a renewal interval
+        once Redis is back); one that finished while Redis was away is written by
+        :meth:`_complete` the same way."""
         interval = min(1.0, self.lease_ms / 3000)
-        again = json.dumps(log_line("recorded again: redis lost it while it ran", "WARNING"))
         while True:
             await asyncio.sleep(interval)
             try:
                 answer = await self._scripts["renew"](
-                    keys=[
-                        self.running_key,
-                        self.key("job", job.request_id),
-                        self.key("logs", job.request_id),
-                    ],
+                    keys=self._job_keys(job.request_id),
                     args=[
                         job.request_id,
                         self.consumer,
                         self.lease_ms,
-                        job.base_url,
-                        job.webhook_url or "",
-                        job.request.model_dump_json(exclude_unset=True),
-                        job.attempts,
-                        again,
+                        *self._recreate_args(job),
                     ],
                 )
             except UNREACHABLE as exc:

@@ -83,13 +83,14 @@ async def test_not_ready_until_redis_answers_then_ready(tmp_path, caplog) -> Non
         while "unreachable while starting" not in caplog.text:
             await asyncio.sleep(0.05)
         assert not queue.ready and not await model.healthy()
-        assert metrics.REDIS_UP._value.get() == 0
+        assert metrics.REDIS_UP.labels("t")._value.get() == 0
         await asyncio.to_thread(server.start)
         for _ in range(200):
             if queue.ready:
                 break
             await asyncio.sleep(0.05)
         assert queue.ready and await model.healthy()
+        assert metrics.REDIS_UP.labels("t")._value.get() == 1
         assert "shared queue on redis" in caplog.text
         # one line for the outage, not one per retry
         assert caplog.text.count("unreachable while starting") == 1
@@ -116,12 +117,18 @@ async def test_redis_losing_its_data_is_logged_and_counted(redis_server, caplog)
     assert sample(metrics.REDIS_DATA_LOST) == before + 2
 
 
+async def claimed_one(queue: RedisQueue, request_id: str = "r1"):
+    await queue._check_epoch()
+    await queue._enqueue(request_id, REQUEST, "http://x", "http://hook")
+    job = await queue._claim()
+    assert job is not None and job.request_id == request_id
+    return job
+
+
 @pytest.mark.asyncio
 async def test_a_running_request_whose_record_vanished_is_recorded_again(redis_server) -> None:
     queue = queue_on(redis_server.url)
-    await queue._enqueue("r1", REQUEST, "http://x", "http://hook")
-    job = await queue._claim()
-    assert job is not None and job.request_id == "r1"
+    job = await claimed_one(queue)
     await queue.redis.flushall()  # Redis restarted empty while r1 runs here
     assert await queue.state("r1") is None
     runner = asyncio.create_task(asyncio.sleep(30))
@@ -141,6 +148,37 @@ async def test_a_running_request_whose_record_vanished_is_recorded_again(redis_s
     finally:
         renewer.cancel()
         runner.cancel()
+
+
+@pytest.mark.asyncio
+async def test_a_request_that_finished_while_redis_lost_its_data_is_recorded(redis_server) -> None:
+    """It ended during the outage, so no renewal saw the loss: completing writes it again."""
+    queue = queue_on(redis_server.url)
+    job = await claimed_one(queue)
+    await queue.redis.flushall()
+    assert await queue._complete(job, Outcome({"images": []}))
+    state = await queue.state("r1")
+    assert state is not None and state.status is Status.COMPLETED
+    assert [line["message"] for line in state.logs] == [
+        "recorded again: redis lost it while it ran",
+        "completed",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_record_that_expired_is_not_written_again(redis_server) -> None:
+    """Same data, record gone (its result expired after another replica finished it): a late
+    runner here neither revives it nor sends a webhook."""
+    queue = queue_on(redis_server.url)
+    job = await claimed_one(queue)
+    await queue.redis.delete(queue.key("job", "r1"), queue.key("logs", "r1"))
+    assert not await queue._complete(job, Outcome({"images": []}))
+    assert await queue.state("r1") is None
+    runner = asyncio.create_task(asyncio.sleep(30))
+    verdict: dict[str, str] = {}
+    await asyncio.wait_for(queue._renew(job, runner, verdict), 30)
+    assert verdict == {"why": "lost"}
+    assert await queue.state("r1") is None
 
 
 @pytest.mark.asyncio
