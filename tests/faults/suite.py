@@ -279,9 +279,24 @@ def webhook_receiver_down(rig: Rig, timing: Timing) -> Row:
 
 
 def s3_down(rig: Rig, timing: Timing) -> Row:
-    return run_fault(
+    failures = 'store="s3"'
+    before = sum(
+        metric(srv, "upscaler_output_store_failures_total", failures) for srv in rig.alive()
+    )
+    row = run_fault(
         rig, "S3 output store down during uploads", lambda mix: rig.s3.kill(), rig.s3.start, timing
     )
+    after = sum(
+        metric(srv, "upscaler_output_store_failures_total", failures) for srv in rig.alive()
+    )
+    row.facts["store_failures_counted"] = after - before
+    failed = [item.request_id for item in row.sent if item.outcome == "failed store_unavailable"]
+    row.facts["their_webhooks_say_error"] = sum(
+        [delivery["status"] for delivery in rig.receiver.deliveries.get(request_id, [])]
+        == ["ERROR"]
+        for request_id in failed
+    )
+    return row
 
 
 def partition(rig: Rig, timing: Timing) -> Row:

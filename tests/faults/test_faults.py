@@ -81,6 +81,9 @@ def test_a_partitioned_replica_loses_its_lease_and_its_late_result(rows) -> None
 def test_s3_down_ends_uploads_in_a_clear_status_and_webhook(rows) -> None:
     row = rows["S3 output store down during uploads"]
     assert set(row.failed) == {"failed store_unavailable"}, row.failed
+    failed = row.failed["failed store_unavailable"]
+    assert row.facts["their_webhooks_say_error"] == failed
+    assert row.facts["store_failures_counted"] >= failed
     assert row.webhooks == row.queued_ended
 
 
