@@ -501,6 +501,8 @@ class RedisQueue(QueueBackend):
                     exc, "starting: the replica is not ready until it answers"
                 )
                 await asyncio.sleep(delay)
+        if self._stopping:  # stopped before Redis ever answered
+            return
         self.reach.succeeded()
         log.info(
             "shared queue on redis %s prefix=%s consumer=%s lease_s=%.0f",
