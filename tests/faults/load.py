@@ -147,6 +147,7 @@ class Mix:
         if response.status_code != 200:
             sent.refused = answer_of(response)
             sent.retry_after = "retry-after" in response.headers
+            sent.settled_at = time.monotonic()  # how long the refusal took: never a hang
             return
         sent.request_id = response.json()["request_id"]
         if follow:

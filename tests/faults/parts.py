@@ -22,6 +22,8 @@ import httpx
 
 from tests.conftest import ROOT, ServerProcess, free_port
 
+#: the AOF fsync policy docs/replicas.md recommends: an answered write is on disk
+FSYNC = "always"
 #: credentials SeaweedFS accepts when it runs without identities (any key works)
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "faults",
@@ -44,7 +46,8 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
 
 class RedisServer:
     """A redis-server on a fixed port (so a restart keeps the replicas' URL), with the AOF
-    settings docs/replicas.md recommends (``appendonly yes``, ``appendfsync everysec``) or none."""
+    settings docs/replicas.md recommends (``appendonly yes``, ``appendfsync`` :data:`FSYNC`) or
+    none."""
 
     def __init__(self, directory: Path, persistent: bool = True) -> None:
         binary = shutil.which("redis-server")
@@ -63,7 +66,7 @@ class RedisServer:
     def start(self, persistent: bool | None = None) -> None:
         if persistent is not None:
             self.persistent = persistent
-        aof = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        aof = ["--appendonly", "yes", "--appendfsync", FSYNC]
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]

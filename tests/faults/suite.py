@@ -146,6 +146,9 @@ def tally(fault: str, sent: list[Sent], receiver: WebhookReceiver, healed_at: fl
         if item.sent_at >= healed_at and item.outcome == "ok" and item.settled_at
     ]
     row.recover_s = min(recovered) if recovered else None
+    refusals = [item.settled_at - item.sent_at for item in sent if item.refused and item.settled_at]
+    if refusals:
+        row.facts["slowest_refusal_s"] = round(max(refusals), 1)
     return row
 
 
@@ -330,7 +333,8 @@ def redis_killed(rig: Rig, timing: Timing, persistent: bool) -> Row:
         backlog.extend(with_backlog(rig, mix))
         rig.redis.kill()
 
-    name = "Redis SIGKILLed, restarted " + ("(AOF everysec)" if persistent else "(no persistence)")
+    kept = "(AOF, fsync always)" if persistent else "(no persistence)"
+    name = f"Redis SIGKILLed, restarted {kept}"
     row = run_fault(rig, name, inject, heal, timing)
     after = [metric(srv, "upscaler_queue_redis_data_lost_total") for srv in rig.alive()]
     row.facts["data_lost_seen"] = [a - b for a, b in zip(after, before, strict=True)]

@@ -40,7 +40,7 @@ def test_redis_unreachable_at_start_is_not_ready_and_says_why(rows) -> None:
     assert row.recover_s is not None, "ready once Redis answers"
 
 
-@pytest.mark.parametrize("fault", ["(AOF everysec)", "(no persistence)"])
+@pytest.mark.parametrize("fault", ["(AOF, fsync always)", "(no persistence)"])
 def test_submits_during_a_redis_outage_get_503_with_retry_after(rows, fault) -> None:
     row = rows[f"Redis SIGKILLed, restarted {fault}"]
     refused = [item for item in row.sent if item.refused is not None]
@@ -51,7 +51,7 @@ def test_submits_during_a_redis_outage_get_503_with_retry_after(rows, fault) -> 
 
 
 def test_redis_with_aof_loses_nothing_and_sees_no_data_loss(rows) -> None:
-    row = rows["Redis SIGKILLed, restarted (AOF everysec)"]
+    row = rows["Redis SIGKILLed, restarted (AOF, fsync always)"]
     assert row.lost == 0
     assert set(row.facts["backlog"]) == {"ok"}, row.facts
     assert row.facts["data_lost_seen"] == [0, 0]
