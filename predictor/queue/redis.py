@@ -713,8 +713,8 @@ class RedisQueue(QueueBackend):
                         *self._recreate_args(job),
                     ],
                 )
-            except UNREACHABLE as exc:
-                log.warning("renewing the lease of request_id=%s failed: %s", job.request_id, exc)
+            except UNREACHABLE as exc:  # the lease may lapse: then another replica reruns it
+                self.reach.failed(exc, "renewing leases")  # logged once per outage
                 continue
             if answer == 3:
                 log.error(

@@ -20,7 +20,7 @@ from predictor.storage.redis import RedisOutputStore, connect
 from predictor.storage.s3 import S3OutputStore
 from predictor.workers import WorkerPool
 from tests.conftest import free_port
-from tests.faults.parts import RedisServer
+from tests.faults.parts import RedisServer, TcpProxy
 
 REQUEST = UpscaleRequest(image_url="https://example.com/a.png")
 
@@ -70,6 +70,22 @@ async def test_queue_routes_answer_503_with_retry_after_while_redis_is_away() ->
         with pytest.raises(RequestFailed) as caught:
             await asyncio.wait_for(call, 30)  # the guard against a hang, not a timing target
         assert_unavailable(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_a_partitioned_redis_is_a_503_not_a_hang(redis_server) -> None:
+    """Nothing answers on the connection (a partition, not a refusal): the read timeout and the
+    bounded retries end the call with a 503; once the partition heals the same queue works."""
+    proxy = TcpProxy(redis_server.port)
+    queue = queue_on(proxy.url)
+    await queue._enqueue("r1", REQUEST, "http://x", None)
+    proxy.partition()
+    with pytest.raises(RequestFailed) as caught:
+        await asyncio.wait_for(queue.state("r1"), 60)  # the guard against a hang
+    assert_unavailable(caught.value)
+    proxy.heal()
+    state = await queue.state("r1")
+    assert state is not None and state.status is Status.IN_QUEUE
 
 
 @pytest.mark.asyncio
