@@ -217,14 +217,13 @@ def start_rig(tmp: Path) -> Rig:
     """Redis (AOF), SeaweedFS, the receiver; replica A straight to Redis, replica B through the
     proxy — which refuses at first: B's start with Redis unreachable is the first fault."""
     server = RedisServer(tmp / "redis", persistent=True)
-    server.start()
-    s3 = SeaweedS3(tmp / "s3")
-    s3.start()
-    rig = Rig(tmp, server, TcpProxy(server.port), s3, WebhookReceiver())
-    rig.proxy.refuse()
-    rig.a = launch(tmp, *rig.flags(server.url), env=S3_ENV)
-    rig.b = launch(tmp, *rig.flags(rig.proxy.url), env=S3_ENV)
+    rig = Rig(tmp, server, TcpProxy(server.port), SeaweedS3(tmp / "s3"), WebhookReceiver())
     try:
+        server.start()
+        rig.s3.start()
+        rig.proxy.refuse()
+        rig.a = launch(tmp, *rig.flags(server.url), env=S3_ENV)
+        rig.b = launch(tmp, *rig.flags(rig.proxy.url), env=S3_ENV)
         wait_ready(rig.a)
     except BaseException:
         rig.close()
