@@ -10,7 +10,9 @@ Layout under ``<prefix>`` (one Redis, not a cluster: scripts touch keys they com
   outcome (JSON once completed), cancel flag. ``<prefix>:logs:<id>`` — its log lines.
 
 Every state change is one Lua script, so it is atomic: a replica claims a request and starts its
-lease in one step, renews it while the job runs, and completes it only if it still holds it. A
+lease in one step, renews it while the job runs, and completes it only if it still holds it.
+Submit and complete are idempotent, so a command retried after its answer was lost (the client
+retries on timeouts) neither queues a request twice nor loses its webhook. A
 replica that dies stops renewing; any replica's reaper puts its request back (or, after
 ``max_attempts`` runs, completes it with an error). Cancel works from any replica: a waiting
 request is completed at once, a running one is flagged and its runner stops at the next step.
@@ -112,6 +114,7 @@ _NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[
 
 SUBMIT = """
 local waiting = redis.call('LLEN', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then return waiting end  -- a retry: its answer was lost
 if waiting >= tonumber(ARGV[5]) then return -1 end
 redis.call('HSET', KEYS[2], 'request', ARGV[2], 'base_url', ARGV[3], 'webhook_url', ARGV[4],
            'status', 'IN_QUEUE', 'attempts', 0, 'consumer', '', 'cancel', '0')
@@ -172,6 +175,8 @@ return 1
 COMPLETE = (
     _recreate(6)
     + """
+if redis.call('HGET', KEYS[2], 'consumer') == ARGV[2]
+   and redis.call('HGET', KEYS[2], 'status') == 'COMPLETED' then return 1 end  -- a retry
 if redis.call('HGET', KEYS[2], 'consumer') ~= ARGV[2]
    or redis.call('HGET', KEYS[2], 'status') ~= 'IN_PROGRESS' then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'COMPLETED', 'outcome', ARGV[3])

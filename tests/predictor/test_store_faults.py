@@ -198,6 +198,25 @@ async def test_a_record_that_expired_is_not_written_again(redis_server) -> None:
 
 
 @pytest.mark.asyncio
+async def test_submit_and_complete_retried_after_a_lost_answer_count_once(redis_server) -> None:
+    """The client retries a command whose answer it did not get (a timeout): the retry finds
+    the work done, queues nothing twice, and still reports the completion as this replica's
+    (so its webhook is sent)."""
+    queue = queue_on(redis_server.url)
+    await queue._check_epoch()
+    for _ in range(2):
+        await queue._enqueue("r1", REQUEST, "http://x", None)
+    assert await queue.redis.lrange(queue.waiting_key, 0, -1) == ["r1"]
+    assert len(await queue.redis.lrange(queue.key("logs", "r1"), 0, -1)) == 1
+    job = await queue._claim()
+    assert job is not None
+    assert await queue._complete(job, Outcome({"images": []}))
+    assert await queue._complete(job, Outcome({"images": []}))
+    other = queue_on(redis_server.url)  # another consumer's late completion is still refused
+    assert not await other._complete(job, Outcome({"images": []}))
+
+
+@pytest.mark.asyncio
 async def test_a_result_is_recorded_once_redis_is_back(redis_server) -> None:
     """Redis SIGKILLed while a request runs, restarted with its AOF: the result still lands."""
     queue = queue_on(redis_server.url)
