@@ -12,7 +12,7 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-deps lint bench bench-gpu capacity-compare tools manifests images crds clean
+.PHONY: install run test test-deps lint bench bench-gpu capacity-compare chaos tools manifests images crds clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ test: $(STAMP) test-deps  ## lint, then the whole pytest suite (KServe's and KED
 
 bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a short load run (docs/benchmarks.md)
 	$(PY) -m predictor.dev.bench
+
+chaos: $(STAMP) test-deps  ## the fault suite at full length: Redis, S3, webhook and replica faults under load (docs/replicas.md)
+	$(PY) -m tests.faults
 
 bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)
 	$(PY) -m predictor.dev.bench_gpu

@@ -212,3 +212,18 @@ def error_message(body: dict[str, Any]) -> str:
         loc = ".".join(str(part) for part in item.get("loc", []))
         return f"{loc}: {item.get('msg')}" if loc else str(item.get("msg"))
     return str(detail)
+
+
+#: the error type of a request refused or ended because a shared store could not be reached
+STORE_UNAVAILABLE = "store_unavailable"
+
+
+def store_unavailable(what: str, cause: Exception, retry_after: float = 2) -> RequestFailed:
+    """503 with ``Retry-After``: the shared queue or the output store is down for now (its
+    client already retried with backoff); the request can be sent again."""
+    return RequestFailed(
+        503,
+        STORE_UNAVAILABLE,
+        f"The {what} is unreachable ({type(cause).__name__}); retry the request shortly.",
+        retry_after=retry_after,
+    )

@@ -186,3 +186,29 @@ def watch_pool(
     QUEUE_DEPTH.set_function(waiting)
     INFLIGHT.set_function(inflight)
     WORKER_SLOTS_FREE.set_function(free)
+
+
+# Faults of the shared parts (docs/replicas.md): what the fault suite checks replicas surface.
+REDIS_UP = Gauge(
+    "upscaler_queue_redis_up",
+    "1 while this replica reaches the shared queue's Redis, 0 during an outage (or before it "
+    "first connected; the replica is not ready then). Only with --redis-url; by --redis-prefix.",
+    ("prefix",),
+)
+REDIS_DATA_LOST = Counter(
+    "upscaler_queue_redis_data_lost",
+    "Times this replica found Redis had lost its data (restarted without persistence, or "
+    "flushed): waiting requests and finished results were lost.",
+)
+WEBHOOKS = Counter(
+    "upscaler_webhooks",
+    "Webhook deliveries that ended: delivered (a 2xx), given_up (every attempt failed) or "
+    "refused (an address the guard refuses; never retried).",
+    ("outcome",),
+)
+OUTPUT_STORE_FAILURES = Counter(
+    "upscaler_output_store_failures",
+    "Outputs that could not be stored after the store client's retries (the request ended 503 "
+    "store_unavailable).",
+    ("store",),
+)

@@ -47,14 +47,12 @@ def open_output_store(settings: Settings) -> OutputStore:
     if kind == "memory":
         return MemoryOutputStore(settings.output_store_bytes, settings.output_ttl_s)
     if kind == "redis":
-        import redis
-
-        from predictor.storage.redis import RedisOutputStore
+        from predictor.storage.redis import RedisOutputStore, connect
 
         if not settings.redis_url:
             raise ValueError("output_store 'redis' needs redis_url")
         return RedisOutputStore(
-            redis.Redis.from_url(settings.redis_url),
+            connect(settings.redis_url),
             settings.redis_prefix,
             settings.output_ttl_s,
             settings.output_store_bytes,

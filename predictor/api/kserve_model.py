@@ -42,6 +42,10 @@ class UpscalerModel(Model):
         self.ready = True
         return self.ready
 
+    async def healthy(self) -> bool:
+        """KServe's model readiness: built, and its queue reached its store (Redis) once."""
+        return self.ready and self.queue.ready
+
     def ready_upscaler(self) -> Upscaler | None:
         return self.upscaler if self.ready else None
 

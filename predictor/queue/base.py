@@ -156,6 +156,11 @@ class QueueBackend(ABC):
     async def wait_changed(self, request_id: str, marker: Any, timeout: float) -> bool:
         """Return True when the request may have changed since ``marker``, False on timeout."""
 
+    @property
+    def ready(self) -> bool:
+        """Whether the backend can take requests (a shared one: once its store first answered)."""
+        return True
+
     async def start(self) -> None:  # noqa: B027 - backends with consumers override it
         """Start consuming (inside the serving event loop)."""
 

@@ -7,6 +7,13 @@ Signature, when a secret is configured: ``X-Upscaler-Webhook-Signature: sha256=<
 hex = HMAC-SHA256(secret, f"{request_id}.{timestamp}.".encode() + raw_body), with the timestamp
 (Unix seconds) in ``X-Upscaler-Webhook-Timestamp``. Receivers recompute it over the raw body,
 compare in constant time and reject stale timestamps (see :func:`verify_signature`).
+
+Retry schedule (:func:`retry_delays`): ``--webhook-attempts`` tries (5), waiting
+``--webhook-backoff-s`` (1 s) before the second and doubling after each: 1, 2, 4, 8 s, so a
+receiver down for more than ~15 s (plus each try's 10 s timeout) misses the delivery. Then the
+give-up is logged (``webhook request_id=… gave up``) and counted
+(``upscaler_webhooks_total{outcome="given_up"}``); the result itself stays fetchable from the queue
+until ``--queue-result-ttl``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from predictor import metrics
 from predictor.errors import InputError, UpscaleError, error_message
 from predictor.fetch import guard_url, pinned_request, send_checked
 
@@ -39,6 +47,11 @@ class WebhookSettings:
     attempts: int = 5
     first_backoff_s: float = 1.0
     timeout_s: float = 10.0
+
+
+def retry_delays(settings: WebhookSettings) -> list[float]:
+    """The waits between tries: the first backoff, doubling; one fewer than the attempts."""
+    return [settings.first_backoff_s * 2**n for n in range(max(0, settings.attempts - 1))]
 
 
 def webhook_body(request_id: str, result: dict[str, Any], failed: bool) -> dict[str, Any]:
@@ -97,7 +110,7 @@ async def deliver_webhook(
 ) -> bool:
     """POST the result to ``url``; retry with exponential backoff; True once it got a 2xx."""
     body = json.dumps(webhook_body(request_id, result, failed), separators=(",", ":")).encode()
-    delay = settings.first_backoff_s
+    delays = retry_delays(settings)
     async with httpx.AsyncClient(
         timeout=settings.timeout_s, follow_redirects=False, trust_env=False
     ) as client:
@@ -119,12 +132,14 @@ async def deliver_webhook(
                 )
             except UpscaleError as exc:  # refused address or bad URL: retrying cannot help
                 log.warning("webhook request_id=%s not sent: %s", request_id, exc)
+                metrics.WEBHOOKS.labels("refused").inc()
                 return False
             try:
                 response = await send_checked(client, request, "fal_webhook")
                 outcome = f"HTTP {response.status_code}"
                 if response.is_success:
                     log.info("webhook request_id=%s delivered attempt=%d", request_id, attempt)
+                    metrics.WEBHOOKS.labels("delivered").inc()
                     return True
             except (httpx.HTTPError, UpscaleError) as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
@@ -136,7 +151,13 @@ async def deliver_webhook(
                 outcome,
             )
             if attempt < settings.attempts:
-                await asyncio.sleep(delay)
-                delay *= 2
-    log.error("webhook request_id=%s gave up after %d attempts", request_id, settings.attempts)
+                await asyncio.sleep(delays[attempt - 1])
+    log.error(
+        "webhook request_id=%s gave up after %d attempts over %.0f s; the result stays fetchable "
+        "from the queue until it expires",
+        request_id,
+        settings.attempts,
+        sum(delays),
+    )
+    metrics.WEBHOOKS.labels("given_up").inc()
     return False
