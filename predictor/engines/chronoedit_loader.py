@@ -89,6 +89,22 @@ def check_weight_files(directory: Path) -> None:
             ) from None
 
 
+#: transformers' switch for kernels fetched from the Hugging Face Hub at load
+HUB_KERNELS_ENV = "USE_HUB_KERNELS"
+
+
+def no_hub_kernels() -> None:
+    """Keep transformers from fetching CUDA kernels from the Hub while it loads UMT5.
+
+    With the ``kernels`` package installed (a dependency of transformers 5), loading a model
+    onto a CUDA device asks the Hub for an activation kernel — a download at start-up, which an
+    offline node refuses: on an H200 the text encoder failed to load with "could not verify
+    publisher trust status". Nothing is downloaded at start, so it is off unless the operator of
+    the node set ``USE_HUB_KERNELS`` itself.
+    """
+    os.environ.setdefault(HUB_KERNELS_ENV, "NO")
+
+
 def load_component(directory: Path, load: Callable[[], T], what: str) -> T:
     """``load()``, with a failure turned into an error that names the damaged file."""
     try:
@@ -229,6 +245,7 @@ def load_pipeline(
     )
     from transformers import CLIPVisionModel
 
+    no_hub_kernels()
     device_map = str(device)
     with report.phase("embeddings"):
         embeddings = prompt_embeddings(model_dir, dtype, device, cache_dir, report)

@@ -175,6 +175,33 @@ def test_each_component_is_loaded_straight_onto_the_device(
     assert set(engine.startup.phases) >= {"embeddings", "transformer", "vae", "image_encoder"}
 
 
+def test_no_kernel_is_fetched_from_the_hub_unless_the_node_asks(
+    model_dir: Path, tmp_path, monkeypatch
+) -> None:
+    """With ``kernels`` installed, transformers asks the Hub for CUDA kernels while it loads UMT5
+    — a download an offline GPU node refused (seen on an H200). Off by default; a node that
+    sets ``USE_HUB_KERNELS`` itself keeps its choice."""
+    from transformers import UMT5EncoderModel
+    from transformers.integrations import hub_kernels
+
+    seen: list[bool] = []
+    original = UMT5EncoderModel.from_pretrained
+
+    def recorder(_cls, *args, **kwargs):
+        seen.append(hub_kernels._kernels_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(UMT5EncoderModel, "from_pretrained", classmethod(recorder))
+    monkeypatch.setenv("USE_HUB_KERNELS", "unset below")  # restored (removed) after the test
+    monkeypatch.delenv("USE_HUB_KERNELS")
+    _start(model_dir, tmp_path / "first")
+    for cached in _cache_files(model_dir, tmp_path / "first"):
+        cached.unlink()  # so the next start encodes the prompt again
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    _start(model_dir, tmp_path / "second")
+    assert seen == [False, True]
+
+
 def test_damaged_transformer_shard_is_named(model_dir: Path, tmp_path) -> None:
     (shard,) = (model_dir / "transformer").glob("*.safetensors")
     shard.write_bytes(os.urandom(shard.stat().st_size))
