@@ -121,7 +121,9 @@ class ChronoEditEngine(Engine):
             flow_shift = model.DISTILL_FLOW_SHIFT if self.distill_lora else model.FLOW_SHIFT
         self.flow_shift = flow_shift
 
-        self.pipe = pipeline or model.load_pipeline(self.model_dir, self.dtype, flow_shift)
+        if pipeline is None:
+            pipeline = model.load_pipeline(self.model_dir, self.dtype, flow_shift)
+        self.pipe = pipeline
         self.embeddings = model.encode_prompt_once(self.pipe, self.device)
         if self.distill_lora is not None:
             model.fuse_distill_lora(self.pipe, self.distill_lora)
