@@ -110,7 +110,9 @@ def test_fp8_engine_on_the_tiny_model(tiny_model_dir: Path, monkeypatch) -> None
     assert eager.metadata()["precision"] == "fp8"
     got = np.asarray(eager.upscale(source, job), dtype=np.int16)
     assert 0 < np.abs(got - expected).mean() < 8  # fp8 drifts, a little
-    compiled = ChronoEditEngine(tiny_model_dir, max_pass_area=32 * 32, precision="fp8", compile=True)
+    compiled = ChronoEditEngine(
+        tiny_model_dir, max_pass_area=32 * 32, precision="fp8", compile=True
+    )
     assert np.abs(np.asarray(compiled.upscale(source, job), dtype=np.int16) - got).max() <= 2
     eager.close()
     compiled.close()
