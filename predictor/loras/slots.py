@@ -18,6 +18,7 @@ load, and a request only copies into buffers that already exist. See docs/loras.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -276,6 +277,4 @@ class AdapterStack:
 
 
 def _is_slot_target(name: str) -> bool:
-    import re
-
     return re.fullmatch(SLOT_TARGETS, name) is not None

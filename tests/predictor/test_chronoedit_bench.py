@@ -58,3 +58,23 @@ def test_a_failing_stage_is_reported_and_the_rest_still_runs(capsys, monkeypatch
     assert "| eager fp32 | default | 32×32 | 1 | 0 |" in out  # the engine stage still ran
     assert main([*args, "--budget-s", "0"]) == 0
     assert "SKIPPED (budget" in capsys.readouterr().out
+
+
+def test_the_full_size_pipeline_builds_from_the_real_configurations() -> None:
+    """On the meta device (no memory): the configurations the GPU run builds are valid and
+    have the real sizes — 16.4 B transformer (I2V's image projections included), 5.7 B UMT5-XXL,
+    0.63 B CLIP ViT-H/14 in fp32, the Wan VAE."""
+    from predictor.dev.bench_gpu import LORA_TARGETS, build_full_pipeline
+
+    pipe = build_full_pipeline(torch.device("meta"), torch.bfloat16)
+
+    def billions(module) -> float:
+        return round(sum(p.numel() for p in module.parameters()) / 1e9, 2)
+
+    assert billions(pipe.transformer) == 16.39 and billions(pipe.text_encoder) == 5.68
+    assert billions(pipe.image_encoder) == 0.63 and billions(pipe.vae) == 0.13
+    assert next(pipe.image_encoder.parameters()).dtype == torch.float32
+    assert next(pipe.transformer.parameters()).dtype == torch.bfloat16
+    assert len(pipe.transformer.blocks) == 40
+    for target in LORA_TARGETS:  # the random LoRAs' layers exist
+        assert isinstance(pipe.transformer.get_submodule(f"blocks.0.{target}"), torch.nn.Linear)
