@@ -109,7 +109,7 @@ def test_rank_buckets_double_up_to_the_capacity() -> None:
 
 
 def test_stack_equals_peft_eager(tiny_model_dir, lora_files, reference) -> None:
-    transformer, stack, ours = _ours(tiny_model_dir, lora_files)
+    _, stack, ours = _ours(tiny_model_dir, lora_files)
     assert stack.variants == (0, 8, 16, 28)  # upscaler rank 4 + 3 × 8
     assert all(isinstance(layer, AdaptedLinear) for layer in stack.layers.values())
     distinct = set()
