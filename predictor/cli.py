@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -90,6 +91,8 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     output_format = args.format or FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "jpeg")
     options = engine_options(args)
+    if getattr(options, "compile", False) is None:  # one image: compiling would cost more
+        options = dataclasses.replace(options, compile=False)
     try:
         request = parse_request(
             {

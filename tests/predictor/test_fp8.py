@@ -117,3 +117,25 @@ def test_fp8_engine_on_the_tiny_model(tiny_model_dir: Path, monkeypatch) -> None
     eager.close()
     compiled.close()
     torch._dynamo.reset()
+
+
+def test_the_upscale_command_stays_eager_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    """``serve`` compiles on CUDA by default; a one-image ``upscale`` would spend more on
+    compiling than on the image, so it stays eager unless ``--compile`` is given."""
+    import predictor.engines
+    from predictor.cli import main
+
+    seen = []
+
+    def load_engine(options):
+        seen.append(options.compile)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(predictor.engines, "load_engine", load_engine)
+    source = tmp_path / "in.png"
+    photo_crop(16, 16).save(source)
+    for extra in ([], ["--compile"]):
+        with pytest.raises(SystemExit):
+            main(["upscale", str(source), "-o", str(tmp_path / "out.png"),
+                  "--engine", "chronoedit", *extra])  # fmt: skip
+    assert seen == [False, True]
