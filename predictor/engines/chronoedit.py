@@ -90,8 +90,9 @@ class ChronoEditEngine(Engine):
         (docs/loras.md); ``LoraSettings(slots=0)`` turns request LoRAs off. ``compile`` None:
         compiled on CUDA, eager on the CPU. ``precision`` ``fp8``: the transformer blocks' linear
         layers in float8 (:mod:`.fp8`; refused where the GPU has no fp8). ``pipeline``: an
-        already built pipeline on the CPU instead of loading ``model_dir`` (``make bench-gpu``'s
-        full-size random model); the Upscaler LoRA is still read from its file.
+        already built pipeline (on the CPU or the device) instead of loading ``model_dir``
+        (``make bench-gpu``'s full-size random model); the Upscaler LoRA is still read from
+        its file.
         """
         started = time.perf_counter()
         if threads is not None:
@@ -141,7 +142,7 @@ class ChronoEditEngine(Engine):
             loader.layout = self.adapters.layout
         self.loras = loader
         self.supports_loras = loader is not None
-        #: the pipeline's scheduler and the adapter scale are shared state: one pass at a time
+        #: the pipeline's scheduler and the adapter stack are shared state: one pass at a time
         self._lock = threading.Lock()
 
         if safety_checker is None and safety_checker_dir is not None:
@@ -156,7 +157,9 @@ class ChronoEditEngine(Engine):
             )
 
         self.compiled = False
-        if self.device.type == "cuda" if compile is None else compile:
+        if compile is None:  # compiled by default where it pays: on a GPU
+            compile = self.device.type == "cuda"
+        if compile:
             self.compile()
         log.info(
             "chronoedit loaded model_dir=%s upscaler_lora=%s distill_lora=%s device=%s dtype=%s "
