@@ -715,6 +715,36 @@ def bare_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def targets(report: Report) -> list[str]:
+    """Issue 22's targets against the rows that measure them (full size only)."""
+    rows = {(row.mode, row.request, row.width): row for row in report.rows if row.status == "ok"}
+
+    def check(label: str, key: tuple[str, str, int], value: Callable[[Row], float], limit: float,
+              unit: str) -> str:  # fmt: skip
+        row = rows.get(key)
+        if row is None:
+            return f"- {label}: not measured"
+        got = value(row)
+        verdict = "met" if got <= limit else "NOT met"
+        return f"- {label}: {got:.3g}{unit} (target ≤ {limit:g}{unit}): {verdict}"
+
+    default, loras = ("compiled bf16", "default", 1280), ("compiled bf16", "3 extra LoRAs", 1280)
+    fp8 = ("compiled fp8", "default", 1280)
+    compiled = [row for row in rows.values() if not row.mode.startswith("eager")]
+    graphs = sum(row.new_graphs or 0 for row in compiled)
+    return [
+        "targets (issue 22):",
+        check("default 720p, bf16, s/image", default, lambda row: row.image_s, 12, " s"),
+        check(
+            "default 720p, bf16, ×floor per step", default, lambda row: row.times_floor, 1.3, "×"
+        ),
+        check("3 extra LoRAs, bf16, ×floor per step", loras, lambda row: row.times_floor, 1.4, "×"),
+        check("default 720p, fp8, s/image", fp8, lambda row: row.image_s, 9, " s"),
+        check("default 720p, fp8, $/image", fp8, lambda row: row.dollars(report.price), 0.01, ""),
+        f"- new graphs after warm-up, all compiled rows: {graphs} (target 0)",
+    ]
+
+
 def markdown(report: Report) -> str:
     lines = [
         f"bench-gpu: {report.device}, torch {torch.__version__}, {report.config} configuration, "
@@ -726,7 +756,8 @@ def markdown(report: Report) -> str:
         "",
         f"\\* s/image = time outside the steps + {STEPS} × steps × tiles, from the measured "
         f"s/step; without \\* the whole {STEPS}-step request was run. rank: the stacked "
-        "low-rank pair's rank bucket (0: no adapter math). warm-up: the row's first request "
+        "low-rank pair's rank bucket (0: no adapter math). ×floor: against the bf16 FLOP floor, "
+        "fp8 rows too. warm-up: the row's first request "
         "(compiling its graph variant when compiled). new graphs: graphs compiled during the "
         "timed requests, after the warm-up.",
         "",
@@ -741,6 +772,8 @@ def markdown(report: Report) -> str:
             f"weights): final latent relative error {report.drift['latent_relative_error']:.4f}, "
             f"output PSNR {report.drift['psnr_db']:.1f} dB"
         )
+    if report.config == "full":
+        lines += ["", *targets(report)]
     lines += ["", "stages:", *(f"- {name}: {status}" for name, status in report.stages.items())]
     return "\n".join(lines) + "\n"
 
