@@ -78,3 +78,21 @@ def test_the_full_size_pipeline_builds_from_the_real_configurations() -> None:
     assert len(pipe.transformer.blocks) == 40
     for target in LORA_TARGETS:  # the random LoRAs' layers exist
         assert isinstance(pipe.transformer.get_submodule(f"blocks.0.{target}"), torch.nn.Linear)
+
+
+def test_the_targets_are_checked_against_their_rows() -> None:
+    from predictor.dev.bench_gpu import Report, Row, targets
+
+    report = Report("H200", "full", 330, 4.0, 800.0)
+    report.rows = [
+        Row("compiled bf16", "default", 1280, 720, step_s=0.35, floor_s=0.278, image_s=11.3,
+            new_graphs=0),
+        Row("compiled fp8", "default", 1280, 720, step_s=0.3, floor_s=0.278, image_s=9.5,
+            new_graphs=1),
+    ]  # fmt: skip
+    lines = "\n".join(targets(report))
+    assert "bf16, s/image: 11.3 s (target ≤ 12 s): met" in lines
+    assert "bf16, ×floor per step: 1.26× (target ≤ 1.3×): met" in lines
+    assert "3 extra LoRAs, bf16, ×floor per step: not measured" in lines
+    assert "fp8, s/image: 9.5 s (target ≤ 9 s): NOT met" in lines
+    assert "all compiled rows: 1 (target 0)" in lines
