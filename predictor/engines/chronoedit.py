@@ -104,7 +104,7 @@ class ChronoEditEngine(Engine):
                 f"precision must be one of {', '.join(GPU_PRECISIONS)}, got {precision!r}"
             )
         if precision == "fp8":
-            fp8.check_support(self.device)  # before minutes of loading
+            fp8.check_support(self.device, self.dtype)  # before minutes of loading
         self.precision = precision
         if max_pass_area < 32 * 32:
             raise ValueError(f"max_pass_area must be at least 1024 pixels, got {max_pass_area}")
