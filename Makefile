@@ -40,7 +40,7 @@ test: $(STAMP) test-deps  ## lint, then the whole pytest suite
 bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a short load run (docs/benchmarks.md)
 	$(PY) -m predictor.dev.bench
 
-bench-gpu: $(STAMP)  ## seconds per step of the full-size 14B transformer on a CUDA GPU (docs/chronoedit.md)
+bench-gpu: $(STAMP)  ## the chronoedit engine at full size, random weights, on a CUDA GPU: one table (docs/chronoedit.md); without a GPU, its tiny harness
 	$(PY) -m predictor.dev.bench_gpu
 
 TOOLS_BIN := build/tools/bin
