@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -184,6 +185,8 @@ def _upscale(args: argparse.Namespace) -> int:
     from predictor.plan import resolve_seed
 
     options = engine_options(args)  # a bad engine flag exits here, naming the flag
+    if getattr(options, "compile", False) is None:  # one image: compiling would cost more
+        options = dataclasses.replace(options, compile=False)
     check_paths(args)
     request = parse_request(
         {

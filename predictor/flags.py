@@ -449,14 +449,14 @@ def _add_lora_options(parser: argparse.ArgumentParser) -> None:
         "--lora-max-rank",
         type=int,
         default=_LORAS.max_rank,
-        help="rank of the LoRA slots; a request LoRA of higher rank is refused",
+        help="largest rank of a request LoRA (higher is refused); the first rank bucket",
     )
     group.add_argument(
         "--lora-slots",
         type=int,
         choices=range(MAX_LORAS + 1),
         default=_LORAS.slots,
-        help="extra LoRAs per request (each slot costs compute on every step; 0: none)",
+        help="extra LoRAs per request (0: none); sets the stacked pair's capacity",
     )
     group.add_argument(
         "--allow-lora-urls",

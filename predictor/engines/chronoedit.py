@@ -95,8 +95,9 @@ class ChronoEditEngine(Engine):
         layers in float8 (:mod:`.fp8`; refused where the GPU has no fp8). ``cache_dir`` holds
         the prompt-embedding cache (when the model directory is read-only) and the compile
         cache (default ``$CHRONO_UPSCALER_CACHE_DIR`` or ``~/.cache/chrono-upscaler``).
-        ``pipeline``: an already built pipeline instead of loading ``model_dir`` (``make
-        bench-gpu``'s full-size random model); the Upscaler LoRA is still read from its file.
+        ``pipeline``: an already built pipeline (on the CPU or the device) instead of loading
+        ``model_dir`` (``make bench-gpu``'s full-size random model); the Upscaler LoRA is still
+        read from its file.
         """
         started = time.perf_counter()
         if threads is not None:
@@ -108,7 +109,7 @@ class ChronoEditEngine(Engine):
                 f"precision must be one of {', '.join(GPU_PRECISIONS)}, got {precision!r}"
             )
         if precision == "fp8":
-            fp8.check_support(self.device)  # before minutes of loading
+            fp8.check_support(self.device, self.dtype)  # before minutes of loading
         self.precision = precision
         if max_pass_area < 32 * 32:
             raise ValueError(f"max_pass_area must be at least 1024 pixels, got {max_pass_area}")
@@ -150,7 +151,7 @@ class ChronoEditEngine(Engine):
             loader.layout = self.adapters.layout
         self.loras = loader
         self.supports_loras = loader is not None
-        #: the pipeline's scheduler and the adapter scale are shared state: one pass at a time
+        #: the pipeline's scheduler and the adapter stack are shared state: one pass at a time
         self._lock = threading.Lock()
 
         if safety_checker is None and safety_checker_dir is not None:
@@ -165,7 +166,9 @@ class ChronoEditEngine(Engine):
             )
 
         self.compiled = False
-        if self.device.type == "cuda" if compile is None else compile:
+        if compile is None:  # compiled by default where it pays: on a GPU
+            compile = self.device.type == "cuda"
+        if compile:
             self.compile()
         self.startup.phases["total"] = round(time.perf_counter() - started, 3)
         log.info(

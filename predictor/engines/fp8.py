@@ -101,11 +101,12 @@ def quantize_linears(module: nn.Module) -> int:
     return len(names)
 
 
-def check_support(device: torch.device) -> None:
+def check_support(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> None:
     """Refuse fp8 where the device cannot run row-scaled float8 matmuls, naming the flag.
 
     On CUDA the capability is checked and one small row-scaled matmul is tried, so a GPU or
-    torch build without the kernel fails here, at start-up, and not on the first request.
+    torch build without the kernel fails here, at start-up, and not on the first request. The
+    rest of the model must be bf16: the row-scaled kernel writes bf16 (and takes a bf16 bias).
     """
     if device.type != "cuda":
         raise ValueError(
@@ -120,6 +121,11 @@ def check_support(device: torch.device) -> None:
             f"{FLAG} needs a GPU with float8 support (compute capability "
             f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+); {name} is "
             f"{capability[0]}.{capability[1]}. Use --precision bf16."
+        )
+    if dtype != torch.bfloat16:
+        raise ValueError(
+            f"{FLAG} runs beside a bfloat16 model; --dtype is {str(dtype).removeprefix('torch.')}. "
+            "Use --dtype bfloat16 (or auto)."
         )
     try:
         probe = torch.ones(32, 32, device=device, dtype=torch.bfloat16)

@@ -18,6 +18,7 @@ load, and a request only copies into buffers that already exist. See docs/loras.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from predictor.engines.options import MAX_LORAS
+from predictor.errors import InputError
 from predictor.loras.formats import ParsedLora
 from predictor.loras.prepare import SLOT_TARGETS, PreparedLora, SlotLayout, check_and_convert
 
@@ -101,18 +103,15 @@ class AdapterStack:
         self.upscaler_rank = max((down.shape[0] for down, _ in upscaler.values()), default=0)
         self.slots = slots
         self.max_rank = max_rank
-        capacity = next(iter(layers.values())).down.shape[0] if layers else 0
-        self.buckets = rank_buckets(capacity, max_rank)
-        first = next(iter(layers.values()), None)
-        dtype = first.down.dtype if first is not None else torch.float32
-        device = first.down.device if first is not None else torch.device("cpu")
+        like = next(iter(layers.values())).down if layers else torch.zeros(0, 0)
+        self.buckets = rank_buckets(like.shape[0], max_rank)
         shapes = {
             name: (layer.in_features, layer.out_features)
             for name, layer in layers.items()
             if _is_slot_target(name)
         }
         #: what a request LoRA must fit (checked before anything is copied)
-        self.layout = SlotLayout(shapes, max_rank, dtype, device)
+        self.layout = SlotLayout(shapes, max_rank, like.dtype, like.device)
         self.parts: tuple[_Part, ...] = ()
         self.rank = 0
         self.used = 0
@@ -148,7 +147,10 @@ class AdapterStack:
             }
             rank = max((module.rank for module in upscaler.modules.values()), default=1)
             layout = SlotLayout(shapes, rank, torch.float32)
-            factors = check_and_convert(upscaler, layout, "upscaler", ("upscaler_lora",))
+            try:
+                factors = check_and_convert(upscaler, layout, "upscaler", ("upscaler_lora",))
+            except InputError as exc:  # a start-up error, not a request's
+                raise ValueError(f"the upscaler LoRA cannot be applied: {exc.msg}") from None
             targets |= set(factors)
         upscaler_rank = max((down.shape[0] for down, _ in factors.values()), default=0)
         capacity = upscaler_rank + slots * max_rank
@@ -276,6 +278,4 @@ class AdapterStack:
 
 
 def _is_slot_target(name: str) -> bool:
-    import re
-
     return re.fullmatch(SLOT_TARGETS, name) is not None

@@ -34,7 +34,7 @@ def test_without_a_gpu_it_runs_the_tiny_harness_and_exits_zero(capsys, tmp_path,
     report = json.loads((tmp_path / "bench_gpu.json").read_text())
     rows = {(row["mode"], row["request"], row["width"]): row for row in report["rows"]}
     assert {mode for mode, _, _ in rows} == {"eager fp32", "compiled fp32", "compiled fp8"}
-    assert len(rows) == 5 + 6 + 6 and all(row["status"] == "ok" for row in rows.values())
+    assert len(rows) == 3 + 6 + 6 and all(row["status"] == "ok" for row in rows.values())
     compiled = [row for (mode, _, _), row in rows.items() if mode != "eager fp32"]
     assert all(row["new_graphs"] == 0 for row in compiled)  # 0 recompiles after warm-up
     assert rows[("compiled fp8", "default", 32)]["image_measured"] is True  # all 30 steps ran
@@ -58,3 +58,41 @@ def test_a_failing_stage_is_reported_and_the_rest_still_runs(capsys, monkeypatch
     assert "| eager fp32 | default | 32×32 | 1 | 0 |" in out  # the engine stage still ran
     assert main([*args, "--budget-s", "0"]) == 0
     assert "SKIPPED (budget" in capsys.readouterr().out
+
+
+def test_the_full_size_pipeline_builds_from_the_real_configurations() -> None:
+    """On the meta device (no memory): the configurations the GPU run builds are valid and
+    have the real sizes — 16.4 B transformer (I2V's image projections included), 5.7 B UMT5-XXL,
+    0.63 B CLIP ViT-H/14 in fp32, the Wan VAE."""
+    from predictor.dev.bench_gpu import LORA_TARGETS, build_full_pipeline
+
+    pipe = build_full_pipeline(torch.device("meta"), torch.bfloat16)
+
+    def billions(module) -> float:
+        return round(sum(p.numel() for p in module.parameters()) / 1e9, 2)
+
+    assert billions(pipe.transformer) == 16.39 and billions(pipe.text_encoder) == 5.68
+    assert billions(pipe.image_encoder) == 0.63 and billions(pipe.vae) == 0.13
+    assert next(pipe.image_encoder.parameters()).dtype == torch.float32
+    assert next(pipe.transformer.parameters()).dtype == torch.bfloat16
+    assert len(pipe.transformer.blocks) == 40
+    for target in LORA_TARGETS:  # the random LoRAs' layers exist
+        assert isinstance(pipe.transformer.get_submodule(f"blocks.0.{target}"), torch.nn.Linear)
+
+
+def test_the_targets_are_checked_against_their_rows() -> None:
+    from predictor.dev.bench_gpu import Report, Row, targets
+
+    report = Report("H200", "full", 330, 4.0, 800.0)
+    report.rows = [
+        Row("compiled bf16", "default", 1280, 720, step_s=0.35, floor_s=0.278, image_s=11.3,
+            new_graphs=0),
+        Row("compiled fp8", "default", 1280, 720, step_s=0.3, floor_s=0.278, image_s=9.5,
+            new_graphs=1),
+    ]  # fmt: skip
+    lines = "\n".join(targets(report))
+    assert "bf16, s/image: 11.3 s (target ≤ 12 s): met" in lines
+    assert "bf16, ×floor per step: 1.26× (target ≤ 1.3×): met" in lines
+    assert "3 extra LoRAs, bf16, ×floor per step: not measured" in lines
+    assert "fp8, s/image: 9.5 s (target ≤ 9 s): NOT met" in lines
+    assert "all compiled rows: 1 (target 0)" in lines

@@ -73,6 +73,9 @@ def test_without_fp8_the_start_up_error_names_the_flag(tiny_model_dir: Path, mon
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     with pytest.raises(ValueError, match=r"--precision fp8.*A100 is 8\.0.*--precision bf16"):
         fp8.check_support(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    with pytest.raises(ValueError, match=r"--precision fp8.*--dtype is float16"):
+        fp8.check_support(torch.device("cuda"), torch.float16)
 
 
 def test_flags_default_to_compile_on_cuda_and_bf16() -> None:
@@ -96,7 +99,7 @@ def test_flags_default_to_compile_on_cuda_and_bf16() -> None:
 def test_fp8_engine_on_the_tiny_model(tiny_model_dir: Path, monkeypatch) -> None:
     """The fp8 path itself (the scaled matmul emulated on the CPU), eager and compiled: every
     block linear is float8, outputs stay near bf16's, and the compiled graph matches eager."""
-    monkeypatch.setattr(fp8, "check_support", lambda device: None)  # the CPU emulates it
+    monkeypatch.setattr(fp8, "check_support", lambda device, dtype: None)  # the CPU emulates it
     job = EngineJob(width=32, height=32, seed=3, num_inference_steps=2)
     source = photo_crop(16, 16)
     reference = ChronoEditEngine(tiny_model_dir, max_pass_area=32 * 32)
@@ -117,3 +120,25 @@ def test_fp8_engine_on_the_tiny_model(tiny_model_dir: Path, monkeypatch) -> None
     eager.close()
     compiled.close()
     torch._dynamo.reset()
+
+
+def test_the_upscale_command_stays_eager_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    """``serve`` compiles on CUDA by default; a one-image ``upscale`` would spend more on
+    compiling than on the image, so it stays eager unless ``--compile`` is given."""
+    import predictor.engines
+    from predictor.cli import main
+
+    seen = []
+
+    def load_engine(options):
+        seen.append(options.compile)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(predictor.engines, "load_engine", load_engine)
+    source = tmp_path / "in.png"
+    photo_crop(16, 16).save(source)
+    for extra in ([], ["--compile"]):
+        with pytest.raises(SystemExit):
+            main(["upscale", str(source), "-o", str(tmp_path / "out.png"),
+                  "--engine", "chronoedit", *extra])  # fmt: skip
+    assert seen == [False, True]

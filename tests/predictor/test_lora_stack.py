@@ -109,7 +109,7 @@ def test_rank_buckets_double_up_to_the_capacity() -> None:
 
 
 def test_stack_equals_peft_eager(tiny_model_dir, lora_files, reference) -> None:
-    transformer, stack, ours = _ours(tiny_model_dir, lora_files)
+    _, stack, ours = _ours(tiny_model_dir, lora_files)
     assert stack.variants == (0, 8, 16, 28)  # upscaler rank 4 + 3 × 8
     assert all(isinstance(layer, AdaptedLinear) for layer in stack.layers.values())
     distinct = set()
@@ -156,3 +156,12 @@ def test_compiled_stack_equals_peft_with_no_recompiles(tiny_model_dir, lora_file
     assert counters["stats"]["unique_graphs"] == graphs
     assert counters["frames"]["total"] == frames
     torch._dynamo.reset()
+
+
+def test_an_upscaler_that_does_not_fit_is_a_start_up_error(tiny_model_dir) -> None:
+    from predictor.loras.formats import LoraModule, ParsedLora
+
+    factors = LoraModule(torch.ones(4, 24), torch.ones(24, 4))
+    beyond = ParsedLora("diffusers", {"blocks.9.attn1.to_q": factors})  # the model has 2 blocks
+    with pytest.raises(ValueError, match=r"upscaler LoRA cannot be applied.*blocks\.9"):
+        AdapterStack.install(_transformer(tiny_model_dir), beyond, slots=3, max_rank=8)
