@@ -28,6 +28,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A redis-server of the module's own, without persistence (the fault suite's part)."""
+    from tests.faults.parts import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persistent=False)
+    server.start()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def flagging_checker_dir(tmp_path_factory) -> Path:
     """A tiny safety checker whose thresholds flag every image (the real checker code path)."""

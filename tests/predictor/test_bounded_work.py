@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-import shutil
-import subprocess
 import threading
 import time
 
 import pytest
-import redis
 from PIL import Image
 
 from predictor import journey
@@ -28,7 +25,7 @@ from predictor.queue.base import Status
 from predictor.queue.local import LocalQueue
 from predictor.schema import UpscaleRequest
 from predictor.storage.memory import MemoryOutputStore
-from tests.conftest import data_uri, encode, free_port, photo_crop
+from tests.conftest import data_uri, encode, photo_crop
 
 
 def test_a_jpeg_repeating_one_scan_100_000_times_is_refused_before_decoding() -> None:
@@ -127,31 +124,6 @@ def test_a_finished_queued_request_keeps_its_output_not_its_input() -> None:
         asyncio.run(scenario())
     finally:
         upscaler.close()
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is missing: `apt-get install redis-server` (tools/test-deps.sh)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 def test_redis_drops_a_finished_request_s_input(redis_url) -> None:

@@ -7,9 +7,7 @@ over two replicas ends with every request accounted for.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,34 +26,6 @@ from tests.conftest import (
 
 SUBMIT = "/queue/fal-ai/chrono-edit-lora-gallery/upscaler"
 REQUESTS = "/queue/fal-ai/chrono-edit-lora-gallery/requests"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is missing: `apt-get install redis-server` (.ci/run does)")
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=directory,
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    import redis
-
-    client = redis.Redis(port=port)
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 def replica(tmp: Path, redis_url: str, prefix: str, *flags: str) -> ServerProcess:
