@@ -359,7 +359,6 @@ def child(args: argparse.Namespace) -> int:
 
     from predictor.engines.base import EngineJob
     from predictor.engines.chronoedit import ChronoEditEngine
-    from predictor.engines.options import LoraSettings
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
@@ -372,7 +371,6 @@ def child(args: argparse.Namespace) -> int:
             device=args.device,
             compile=args.compile,
             cache_dir=args.cache_dir,
-            loras=LoraSettings(slots=0),
             **({"max_pass_area": args.max_pass_area} if args.max_pass_area else {}),
         )
         result["ready_s"] = round(time.time() - args.t0, 2)
