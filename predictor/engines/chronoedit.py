@@ -175,7 +175,13 @@ class ChronoEditEngine(Engine):
                 self.device,
                 self.dtype,
                 [self.warmup_bucket],
-                dict(self.pipe.transformer.config),
+                {
+                    **self.pipe.transformer.config,
+                    # the adapters are part of the compiled graph too
+                    "lora_slots": self.lora_settings.slots,
+                    "lora_max_rank": self.lora_settings.max_rank,
+                    "distilled": self.distill_lora is not None,
+                },
             ),
         )
         with self.startup.phase("compile_cache_load"):
