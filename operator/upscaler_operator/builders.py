@@ -57,6 +57,19 @@ STORAGE_URI_ENV = "STORAGE_URI"
 LOCAL_MODEL_API_VERSION = "serving.kserve.io/v1alpha1"
 #: the InferenceService annotation KServe matches against a cache's nodeGroups
 NODE_GROUP_ANNOTATION = "serving.kserve.io/nodegroup"
+#: what KServe's webhook writes on an InferenceService it serves from a node cache; it never
+#: clears them once the service has no single storage URI, so a patch drops them and the webhook
+#: writes them again on the way in while the service still uses a cache
+LOCAL_MODEL_LABEL = "internal.serving.kserve.io/localmodel"
+KSERVE_LOCAL_MODEL_LABELS = frozenset(
+    {LOCAL_MODEL_LABEL, "internal.serving.kserve.io/localmodel-namespace"}
+)
+KSERVE_LOCAL_MODEL_ANNOTATIONS = frozenset(
+    {
+        "internal.serving.kserve.io/localmodel-sourceuri",
+        "internal.serving.kserve.io/localmodel-pvc-name",
+    }
+)
 
 #: KServe >= 0.16 names the modes Knative and Standard (its webhook rewrites the old names, which
 #: would make every reconcile see a changed child)

@@ -23,7 +23,10 @@ from upscaler_operator.builders import (
     ISVC_API_VERSION,
     KEDA,
     KEDA_API_VERSION,
+    KSERVE_LOCAL_MODEL_ANNOTATIONS,
+    KSERVE_LOCAL_MODEL_LABELS,
     LOCAL_MODEL_API_VERSION,
+    LOCAL_MODEL_LABEL,
     MANAGED_ANNOTATIONS,
     PODMONITOR_API_VERSION,
     SPEC_HASH_ANNOTATION,
@@ -74,8 +77,6 @@ class Result:
 
 #: KServe's own names of the deployment modes, old and new, as its status may record them
 _KSERVE_MODES = {"Serverless": "Knative", "RawDeployment": "Standard"}
-#: the label KServe's webhook puts on an InferenceService it serves from a node cache
-LOCAL_MODEL_LABEL = "internal.serving.kserve.io/localmodel"
 #: a resource KServe serves from 0.18 on, the release whose storage initializer downloads
 #: several storageUris (its ClusterStorageContainer supportsMultiModelDownload)
 KSERVE_018_MARKER = ("serving.kserve.io/v1alpha1", "localmodelnamespacecaches")
@@ -177,16 +178,21 @@ def patch_operations(
 ) -> list[dict[str, Any]]:
     """A JSON patch that makes ``current`` carry ``desired``'s content, in place.
 
-    Labels and annotations set by others stay; the operator's own annotations are rewritten
-    (so one it no longer wants goes away). The spec (or a ConfigMap's data) is replaced whole:
+    Labels and annotations set by others stay, but for KServe's node-cache bookkeeping, which
+    its webhook recomputes on the way in; the operator's own annotations are rewritten (so one
+    it no longer wants goes away). The spec (or a ConfigMap's data) is replaced whole:
     the operator owns it, and KServe's webhook re-applies its defaults on the way in.
     """
     meta, wanted = current.get("metadata") or {}, desired["metadata"]
-    labels = {**(meta.get("labels") or {}), **wanted["labels"]}
-    annotations = {
+    kept = {
         key: value
-        for key, value in (meta.get("annotations") or {}).items()
-        if key not in MANAGED_ANNOTATIONS
+        for key, value in (meta.get("labels") or {}).items()
+        if key not in KSERVE_LOCAL_MODEL_LABELS
+    }
+    labels = {**kept, **wanted["labels"]}
+    dropped = MANAGED_ANNOTATIONS | KSERVE_LOCAL_MODEL_ANNOTATIONS
+    annotations = {
+        key: value for key, value in (meta.get("annotations") or {}).items() if key not in dropped
     }
     annotations.update(wanted["annotations"])
     wanted_uids = {ref["uid"] for ref in wanted["ownerReferences"]}

@@ -206,7 +206,7 @@ def estimated_bytes(module: Any, dtype_bytes: int = 2) -> int:
     return sum(math.prod(shape) * dtype_bytes for shape in tensor_shapes(module, skip).values())
 
 
-def seed_prompt_cache(model_dir: Path, cache_dir: Path, device: Any) -> Path | None:
+def seed_prompt_cache(model_dir: Path, cache_dir: Path) -> Path | None:
     """Random full-size embeddings stored under the key of the text encoder now in
     ``model_dir`` (for a start that must not load UMT5, e.g. when it was not written)."""
     import torch
@@ -299,7 +299,7 @@ def write_model(
         info = write_components(directory, modules, device, shard_bytes)
         info["text_encoder"] = text_encoder
         if text_encoder != "written":
-            seed_prompt_cache(directory, cache_dir, device)
+            seed_prompt_cache(directory, cache_dir)
         processor = directory / "image_processor" / "preprocessor_config.json"
         config = json.loads(processor.read_text())
         side = CLIP_VIT_H["image_size"]
@@ -359,7 +359,6 @@ def child(args: argparse.Namespace) -> int:
 
     from predictor.engines.base import EngineJob
     from predictor.engines.chronoedit import ChronoEditEngine
-    from predictor.engines.options import LoraSettings
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
@@ -372,7 +371,6 @@ def child(args: argparse.Namespace) -> int:
             device=args.device,
             compile=args.compile,
             cache_dir=args.cache_dir,
-            loras=LoraSettings(slots=0),
             **({"max_pass_area": args.max_pass_area} if args.max_pass_area else {}),
         )
         result["ready_s"] = round(time.time() - args.t0, 2)

@@ -201,6 +201,7 @@ class ChronoEditEngine(Engine):
             **self.pipe.transformer.config,
             "precision": self.precision,
             "variants": list(self.adapters.variants),
+            "distilled": self.distill_lora is not None,
         }
         cache = CompileCache(
             self.cache_dir, compile_key(self.device, self.dtype, [self.warmup_bucket], config)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,9 +50,16 @@ class StartupError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$CHRONO_UPSCALER_CACHE_DIR``, else ``~/.cache/chrono-upscaler``."""
+    """``$CHRONO_UPSCALER_CACHE_DIR``, else ``~/.cache/chrono-upscaler`` (the temporary
+    directory's when there is no home, as for some container users)."""
     configured = os.environ.get(CACHE_DIR_ENV)
-    return Path(configured) if configured else Path.home() / ".cache" / "chrono-upscaler"
+    if configured:
+        return Path(configured)
+    try:
+        home = Path.home()
+    except RuntimeError:
+        home = Path(tempfile.gettempdir())
+    return home / ".cache" / "chrono-upscaler"
 
 
 @dataclass

@@ -6,6 +6,8 @@ the next start hot-loads it with ``load_cache_artifacts`` before compiling, and 
 then finds its kernels in the local caches. One file per key — torch and Triton versions, the
 GPU model, the dtype, the warm-up shapes and the transformer's config — in a directory the
 operator mounts from a volume (``--cache-dir``). An unreadable file is ignored with a warning.
+The key only finds the right file: correctness never rests on it, since Inductor looks each
+graph up by its own hash and compiles what it does not find.
 """
 
 from __future__ import annotations

@@ -303,11 +303,14 @@ def test_chart_rbac_grants_keda_and_namespaced_mode_nothing_cluster_wide() -> No
     cluster_rules = rule_set(one(objects("defaults"), "ClusterRole")["rules"])
     child_verbs = frozenset({"get", "list", "watch", "create", "patch", "delete"})
     assert ("keda.sh", "scaledobjects", child_verbs) in cluster_rules
-    kopf_cluster_scoped = {
+    cluster_scoped = {
         ("apiextensions.k8s.io", "customresourcedefinitions", frozenset({"list", "watch"})),
         ("", "namespaces", frozenset({"list", "watch"})),
+        # spec.model.cache: does the LocalModelNodeGroup exist? (without it, KServe's webhook
+        # says so when the cache is created)
+        ("serving.kserve.io", "localmodelnodegroups", frozenset({"get"})),
     }
-    assert kopf_cluster_scoped <= cluster_rules
+    assert cluster_scoped <= cluster_rules
 
     docs = objects("namespaced")
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
@@ -318,7 +321,7 @@ def test_chart_rbac_grants_keda_and_namespaced_mode_nothing_cluster_wide() -> No
     assert account["namespace"] == "team-a"
     for namespace, role in roles.items():
         # the same rules, less what only a ClusterRole can grant (kopf then logs a warning)
-        assert rule_set(role["rules"]) == cluster_rules - kopf_cluster_scoped
+        assert rule_set(role["rules"]) == cluster_rules - cluster_scoped
         assert bindings[namespace]["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "Role",

@@ -643,6 +643,8 @@ class Cluster:
         annotations (setLocalModelLabel), or none of them."""
         if ref.plural != "inferenceservices":
             return
+        if custom_storage_uri(body) is None:
+            return  # KServe returns early here and leaves earlier labels as they are
         meta = body["metadata"]
         labels, annotations = meta.setdefault("labels", {}), meta.setdefault("annotations", {})
         for key in (LOCAL_MODEL_LABEL, LOCAL_MODEL_NAMESPACE_LABEL):

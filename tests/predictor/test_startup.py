@@ -17,7 +17,7 @@ from PIL import Image
 from predictor.dev import bench_startup
 from predictor.engines.base import EngineJob
 from predictor.engines.chronoedit import ChronoEditEngine
-from predictor.engines.chronoedit_loader import StartupError
+from predictor.engines.chronoedit_loader import StartupError, StartupReport, prompt_embeddings
 from predictor.engines.compile_cache import CompileCache, compile_key
 from predictor.engines.options import LoraSettings
 from predictor.engines.prompt_cache import (
@@ -331,3 +331,16 @@ def test_a_failing_step_says_failed_and_the_rest_runs(tmp_path, monkeypatch, cap
     assert verdicts["UMT5 garbage, same size and mtime"] == "ok"  # later steps still ran
     assert len(started) == 5  # every start but the broken step's
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_seeded_prompt_cache_spares_the_text_encoder(model_dir: Path, tmp_path) -> None:
+    """What the GPU stage does when the disk cannot hold UMT5-XXL: the start finds embeddings
+    under the key of the text encoder in the directory and never loads it."""
+    cache_dir = tmp_path / "cache"
+    assert bench_startup.seed_prompt_cache(model_dir, cache_dir) is not None
+    report = StartupReport()
+    embeddings = prompt_embeddings(
+        model_dir, torch.bfloat16, torch.device("cpu"), cache_dir, report
+    )
+    assert report.embeddings == "hit"
+    assert embeddings.positive.shape == (1, 512, bench_startup.UMT5_XXL["d_model"])
