@@ -78,8 +78,20 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     source.add_argument("--bench-gpu", type=Path, help="saved `make bench-gpu` output")
     source.add_argument("--bench", type=Path, help="saved `make bench` output (sr)")
     source.add_argument("--seconds", type=_positive, help="every image takes this long")
-    s.add_argument("--steps", type=int, default=8, help="with --bench-gpu: steps per image")
-    s.add_argument("--fixed-seconds", type=_non_negative, default=0.0, help="with --bench-gpu")
+    s.add_argument(
+        "--steps", type=int, default=30, help="with --bench-gpu: steps per image (fal's default)"
+    )
+    s.add_argument(
+        "--fixed-seconds",
+        type=_non_negative,
+        default=None,
+        help="with --bench-gpu: seconds per image outside the steps (default: what it measured)",
+    )
+    s.add_argument(
+        "--bench-gpu-mode",
+        default=None,
+        help="with --bench-gpu: the rows of one mode, e.g. 'compiled fp8' (default: compiled bf16)",
+    )
     s.add_argument("--lora-seconds", type=_non_negative, default=None)
     s.add_argument("--cold-start", type=_non_negative, default=None, help="seconds, a cold node")
     s.add_argument("--cached-start", type=_non_negative, default=None, help="seconds, cached")
@@ -140,7 +152,10 @@ def service_model(args: argparse.Namespace) -> service.ServiceModel:
         raw = service.load_raw(args.service)
     elif args.bench_gpu:
         points = service.from_bench_gpu(
-            _read(args.bench_gpu), steps=args.steps, fixed_s=args.fixed_seconds
+            _read(args.bench_gpu),
+            steps=args.steps,
+            fixed_s=args.fixed_seconds,
+            mode=args.bench_gpu_mode,
         )
         raw = {"points": points, "default_steps": args.steps}
     elif args.bench:

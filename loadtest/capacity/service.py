@@ -3,9 +3,10 @@
 A service-time model is a few measured points, each an output size with either a whole-image time
 (``seconds``: the ``sr`` engine, or a GPU image at the default steps) or a per-step time
 (``step_seconds``, what ``make bench-gpu`` prints, plus ``fixed_seconds`` for decode, VAE and
-encode). Between points, time is interpolated linearly in output pixels; beyond them it is
-extrapolated along the nearest segment (through the origin with one point). Each LoRA a request
-adds costs ``lora_seconds`` (its swap into a slot; docs/loras.md).
+encode, which it measures too). Between points, time is interpolated linearly in output pixels;
+beyond them it is extrapolated along the nearest segment (through the origin with one point).
+Each LoRA a request adds costs ``lora_seconds`` (its load and copy into the adapter stack;
+docs/loras.md).
 
 Files are YAML (or JSON)::
 
@@ -147,39 +148,53 @@ def load_raw(path: Path) -> dict:
     return raw
 
 
-#: a row of ``make bench-gpu``'s table: | 1280×720 | TFLOP | floor | eager s/step | … |
-_GPU_ROW = re.compile(r"^\|\s*(\d+)\s*[×x]\s*(\d+)\s*\|(.*)\|\s*$")
+#: a row of ``make bench-gpu``'s engine table:
+#: | mode | request | output | tiles | rank | s/step | ×floor | outside steps s | …
+_GPU_ROW = re.compile(
+    r"^\|\s*(?P<mode>(?:eager|compiled) \w+)\s*\|\s*(?P<request>[^|]+?)\s*\|"
+    r"\s*(?P<width>\d+)\s*[×x]\s*(?P<height>\d+)\s*\|\s*(?P<tiles>\d+)\s*\|\s*\d+\s*\|"
+    r"\s*(?P<step>[\d.]+)\s*\|\s*[\d.]+\s*\|\s*(?P<outside>[\d.]+)\s*\|"
+)
+#: the mode taken when none is asked for: what ``serve`` runs on a GPU by default
+DEFAULT_GPU_MODE = "compiled bf16"
 
 
-def from_bench_gpu(text: str, *, steps: int, fixed_s: float = 0.0) -> list[dict]:
-    """Points from ``make bench-gpu`` output: each resolution's s/step, compiled if timed.
+def from_bench_gpu(
+    text: str, *, steps: int, fixed_s: float | None = None, mode: str | None = None
+) -> list[dict]:
+    """Points from ``make bench-gpu`` output: the default request's rows of one ``mode``
+    (``compiled bf16`` when it ran, else the first mode printed; ``compiled fp8`` for fp8).
 
-    The table's columns after the output are TFLOP/step and the floor, then per mode (eager,
-    compiled) s/step, ×floor and TFLOP/s; the last mode's s/step is taken (compiled when it ran).
+    A point's per-step time is the row's s/step × its tiles (a tiled output runs every step once
+    per tile), and its fixed time the row's measured time outside the steps (VAE, CLIP, the
+    guide), unless ``fixed_s`` overrides it.
     """
-    points = []
+    rows: dict[str, dict[tuple[int, int], dict]] = {}
     for line in text.splitlines():
         match = _GPU_ROW.match(line.strip())
-        if not match:
+        if not match or match["request"] != "default":
             continue
-        cells = [cell.strip() for cell in match.group(3).split("|")]
-        modes = cells[2:]
-        if len(modes) < 3:
-            continue  # the analytic FLOP table: no timed column
-        step = float(modes[-3])
-        points.append(
-            {
-                "width": int(match.group(1)),
-                "height": int(match.group(2)),
-                "step_seconds": step,
-                "fixed_seconds": fixed_s,
-            }
+        size = (int(match["width"]), int(match["height"]))
+        rows.setdefault(match["mode"], {})[size] = {  # the final summary repeats a row
+            "width": size[0],
+            "height": size[1],
+            "step_seconds": float(match["step"]) * int(match["tiles"]),
+            "fixed_seconds": float(match["outside"]) if fixed_s is None else fixed_s,
+        }
+    if not rows:
+        raise ServiceError(
+            "bench-gpu output: no timed rows of the default request "
+            "(| mode | default | W×H | tiles | rank | s/step | ×floor | outside s | …) found"
         )
-    if not points:
-        raise ServiceError("bench-gpu output: no timed rows (| W×H | … | s/step | … |) found")
     if steps < 1:
         raise ServiceError("--steps: expected a positive integer with --bench-gpu")
-    return points
+    if mode is None:
+        mode = DEFAULT_GPU_MODE if DEFAULT_GPU_MODE in rows else next(iter(rows))
+    if mode not in rows:
+        raise ServiceError(
+            f"--bench-gpu-mode: {mode!r} has no timed rows; the output has {', '.join(rows)}"
+        )
+    return sorted(rows[mode].values(), key=lambda point: point["width"] * point["height"])
 
 
 #: ``make bench``'s stage table row: | jpeg | fetch | decode | NNN ms (engine ×2) | encode | bytes |

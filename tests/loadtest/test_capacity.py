@@ -189,57 +189,22 @@ def test_service_errors_name_the_field(raw: dict, field: str) -> None:
     with pytest.raises(service.ServiceError, match=field.replace("[", r"\[").replace("]", r"\]")):
         service.model_from_dict(raw)
 
-
-BENCH_GPU = """analytic FLOPs per denoising step (floor at 989 TFLOP/s):
-| output | tokens | TFLOP/step | floor s/step |
-|---|---|---|---|
-| 854×480 | 1600 | 60.1 | 0.061 |
-
-NVIDIA H100: 14.29 B parameters, bfloat16, built in 12.0 s
-
-| output | TFLOP/step | floor s/step | eager s/step | ×floor | eager TFLOP/s | compiled s/step | ×floor | compiled TFLOP/s |
-|---|---|---|---|---|---|---|---|---|
-| 854×480 | 60.1 | 0.061 | 0.210 | 3.44 | 286 | 0.150 | 2.46 | 401 |
-| 1280×720 | 140.2 | 0.142 | 0.480 | 3.38 | 292 | 0.350 | 2.46 | 401 |
-"""  # noqa: E501
-
-
-def test_bench_gpu_output_gives_compiled_seconds_per_step() -> None:
-    points = service.from_bench_gpu(BENCH_GPU, steps=8, fixed_s=1.5)
-    assert [(p["width"], p["height"], p["step_seconds"]) for p in points] == [
-        (854, 480, 0.150),
-        (1280, 720, 0.350),
+    text = (Path(__file__).parent / "data" / "bench_gpu_h200.md").read_text()
+    compiled = service.from_bench_gpu(text, steps=30)  # compiled bf16 by default
+    assert compiled == [
+        {"width": 1280, "height": 720, "step_seconds": 0.4, "fixed_seconds": 0.56},
+        {"width": 2048, "height": 1152, "step_seconds": 1.247, "fixed_seconds": 1.39},
+        {"width": 2560, "height": 1440, "step_seconds": 2 * 1.272, "fixed_seconds": 2.86},
     ]
-    model = service.model_from_dict({"points": points, "default_steps": 8})
-    assert model.seconds(1280 * 720) == pytest.approx(1.5 + 8 * 0.35)
-
-
-def test_bench_gpu_parser_reads_the_real_printer() -> None:
-    # the harness on the tiny model, on the CPU: the same tables bench-gpu prints on a GPU
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "predictor.dev.bench_gpu",
-            "--tiny",
-            "--device",
-            "cpu",
-            "--repeats",
-            "1",
-            "--no-compile",
-            "--resolutions",
-            "832x480",
-            "1280x720",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    points = service.from_bench_gpu(done.stdout, steps=8)
-    assert [(p["width"], p["height"]) for p in points] == [(832, 480), (1280, 720)]
-    assert all(p["step_seconds"] > 0 for p in points)
+    model = service.model_from_dict({"points": compiled, "default_steps": 30}, source="h200")
+    assert model.seconds(1280 * 720) == pytest.approx(0.56 + 30 * 0.4)  # 12.56 s: the table's
+    fp8 = service.from_bench_gpu(text, steps=30, mode="compiled fp8", fixed_s=1.0)
+    assert [(p["width"], p["step_seconds"], p["fixed_seconds"]) for p in fp8] == [
+        (1280, 0.285, 1.0),
+        (2560, 2 * 0.98, 1.0),
+    ]
+    with pytest.raises(service.ServiceError, match=r"'compiled fp16'.*eager bf16, compiled bf16"):
+        service.from_bench_gpu(text, steps=30, mode="compiled fp16")
 
 
 def test_bench_output_gives_the_sr_stage_time() -> None:
