@@ -205,7 +205,7 @@ def build_full_pipeline(device: torch.device, dtype: torch.dtype):
     )
 
     from predictor.dev.tiny_model import _tokenizer
-    from predictor.engines.chronoedit_model import FLOW_SHIFT
+    from predictor.engines.chronoedit.model import FLOW_SHIFT
 
     tokenizer, _ = _tokenizer()
     torch.manual_seed(0)
@@ -598,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
         say(bare_table(report))
 
     def engine() -> None:
-        from predictor.engines.chronoedit import ChronoEditEngine
+        from predictor.engines.chronoedit.engine import ChronoEditEngine
         from predictor.engines.options import LoraSettings
 
         started = time.perf_counter()
@@ -655,8 +655,8 @@ def run(args: argparse.Namespace) -> int:
         bench.engine.compile(warm_up=False)  # each row's warm-up compiles its own variant
 
     def to_fp8() -> None:
-        from predictor.engines import fp8
-        from predictor.engines.chronoedit_model import quantize_blocks
+        from predictor.engines.chronoedit import fp8
+        from predictor.engines.chronoedit.model import quantize_blocks
 
         if device.type == "cuda":
             fp8.check_support(device)

@@ -83,7 +83,7 @@ def measure(repeats: int = 5) -> dict[str, float]:
     from torch._dynamo.utils import counters
 
     from predictor.dev.tiny_model import build_tiny_model
-    from predictor.engines.chronoedit import ChronoEditEngine
+    from predictor.engines.chronoedit.engine import ChronoEditEngine
     from predictor.loras.sources import LoraLoader
 
     figures: dict[str, float] = {}

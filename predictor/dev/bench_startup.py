@@ -211,8 +211,8 @@ def seed_prompt_cache(model_dir: Path, cache_dir: Path) -> Path | None:
     ``model_dir`` (for a start that must not load UMT5, e.g. when it was not written)."""
     import torch
 
-    from predictor.engines import chronoedit_model as model
-    from predictor.engines.prompt_cache import (
+    from predictor.engines.chronoedit import model
+    from predictor.engines.chronoedit.prompt_cache import (
         CachedPrompt,
         PromptCache,
         cache_directories,
@@ -358,7 +358,7 @@ def child(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from predictor.engines.base import EngineJob
-    from predictor.engines.chronoedit import ChronoEditEngine
+    from predictor.engines.chronoedit.engine import ChronoEditEngine
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
@@ -463,7 +463,7 @@ def _encoder_weights(model_dir: Path) -> list[Path]:
 
 
 def _prompt_cache_files(model_dir: Path, cache_dir: Path) -> list[Path]:
-    from predictor.engines.prompt_cache import SUFFIX, cache_directories
+    from predictor.engines.chronoedit.prompt_cache import SUFFIX, cache_directories
 
     return [
         path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from predictor.engines.chronoedit_model import (
+from predictor.engines.chronoedit.model import (
     DISTILL_LORA_FILE,
     FLOW_SHIFT,
     MAX_SEQUENCE_LENGTH,

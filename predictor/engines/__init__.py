@@ -21,7 +21,7 @@ def _sr(**options: Any) -> Engine:
 
 
 def _chronoedit(**options: Any) -> Engine:
-    from .chronoedit import ChronoEditEngine
+    from .chronoedit.engine import ChronoEditEngine
 
     return ChronoEditEngine(**options)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .chronoedit_model import resolve_local_dir
+from .chronoedit.model import resolve_local_dir
 
 log = logging.getLogger("predictor.engines.safety")
 

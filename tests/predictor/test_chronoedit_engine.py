@@ -12,8 +12,8 @@ from PIL import Image
 
 from predictor.engines import ChronoEditOptions, load_engine
 from predictor.engines.base import SAFETY_FLAGGED_KEY, EngineJob
-from predictor.engines.chronoedit import ChronoEditEngine
-from predictor.engines.chronoedit_model import (
+from predictor.engines.chronoedit.engine import ChronoEditEngine
+from predictor.engines.chronoedit.model import (
     MAX_SEQUENCE_LENGTH,
     UPSCALER_LORA_FILE,
     UPSCALER_PROMPT,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from predictor.cli import build_parser, main, settings_from_args
 from predictor.engines.blend import plan_pass_tiles
-from predictor.engines.chronoedit_model import UPSCALER_PROMPT
+from predictor.engines.chronoedit.model import UPSCALER_PROMPT
 from predictor.engines.options import ChronoEditOptions, SROptions
 from tests.conftest import ServerProcess, data_uri, encode, photo_crop, start_server, stop_server
 from tests.predictor.chronoedit_helpers import decode_data_uri, seam_ratio

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from predictor.engines import fp8
 from predictor.engines.base import EngineJob
-from predictor.engines.chronoedit import ChronoEditEngine
+from predictor.engines.chronoedit import fp8
+from predictor.engines.chronoedit.engine import ChronoEditEngine
 from predictor.flags import engine_options
 from tests.conftest import photo_crop
 

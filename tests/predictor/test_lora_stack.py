@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from predictor.engines.chronoedit_model import (
+from predictor.engines.chronoedit.model import (
     UPSCALER_LORA_FILE,
     compile_transformer,
     read_upscaler_lora,

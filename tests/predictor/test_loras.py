@@ -16,7 +16,7 @@ import torch
 from predictor import metrics
 from predictor.api.errors import parse_request
 from predictor.engines.base import EngineJob, LoraRequest
-from predictor.engines.chronoedit import ChronoEditEngine
+from predictor.engines.chronoedit.engine import ChronoEditEngine
 from predictor.engines.options import LoraSettings
 from predictor.errors import InputError, ValidationFailed
 from predictor.loras import prepare as prepare_module

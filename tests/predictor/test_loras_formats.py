@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from predictor.cli import _lora_item, build_parser, settings_from_args
-from predictor.engines.chronoedit_model import (
+from predictor.engines.chronoedit.model import (
     UPSCALER_LORA_FILE,
     find_distill_lora,
     find_upscaler_lora,

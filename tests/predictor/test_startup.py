@@ -16,17 +16,17 @@ from PIL import Image
 
 from predictor.dev import bench_startup
 from predictor.engines.base import EngineJob
-from predictor.engines.chronoedit import ChronoEditEngine
-from predictor.engines.chronoedit_loader import StartupError, StartupReport, prompt_embeddings
-from predictor.engines.compile_cache import CompileCache, compile_key
-from predictor.engines.options import LoraSettings
-from predictor.engines.prompt_cache import (
+from predictor.engines.chronoedit.compile_cache import CompileCache, compile_key
+from predictor.engines.chronoedit.engine import ChronoEditEngine
+from predictor.engines.chronoedit.loader import StartupError, StartupReport, prompt_embeddings
+from predictor.engines.chronoedit.prompt_cache import (
     SUFFIX,
     CachedPrompt,
     PromptCache,
     cache_key,
     encoder_identity,
 )
+from predictor.engines.options import LoraSettings
 
 torch.set_num_threads(2)
 
@@ -85,7 +85,7 @@ def test_corrupt_cache_file_is_ignored_with_a_warning_and_rebuilt(
     reference = _render(_start(model_dir, cache_dir))
     (cache_file,) = _cache_files(model_dir, cache_dir)
     cache_file.write_bytes(b"not a safetensors file")
-    with caplog.at_level(logging.WARNING, logger="predictor.engines.prompt_cache"):
+    with caplog.at_level(logging.WARNING, logger="predictor.engines.chronoedit.prompt_cache"):
         engine = _start(model_dir, cache_dir)
     assert engine.startup.embeddings == "miss"
     assert any("prompt_cache corrupt" in record.getMessage() for record in caplog.records)
@@ -104,7 +104,7 @@ def test_a_cache_file_with_another_key_inside_is_not_used(model_dir: Path, tmp_p
     zeros = torch.zeros(1, 512, 16)
     cache.save("f" * 64, CachedPrompt(zeros, zeros), {})
     (cache_file.parent / f"{'f' * 32}{SUFFIX}").replace(cache_file)
-    with caplog.at_level(logging.WARNING, logger="predictor.engines.prompt_cache"):
+    with caplog.at_level(logging.WARNING, logger="predictor.engines.chronoedit.prompt_cache"):
         assert cache.load(key + "0" * 32, torch.device("cpu")) is None
     assert any("prompt_cache mismatched" in record.getMessage() for record in caplog.records)
 
@@ -263,7 +263,7 @@ def test_an_unreadable_compile_cache_is_ignored_with_a_warning(tmp_path, caplog)
     assert cache.load() is False  # nothing there
     cache.path.parent.mkdir(parents=True)
     cache.path.write_bytes(b"torn")
-    with caplog.at_level(logging.WARNING, logger="predictor.engines.compile_cache"):
+    with caplog.at_level(logging.WARNING, logger="predictor.engines.chronoedit.compile_cache"):
         assert cache.load() is False
     assert any("compile_cache unreadable" in record.getMessage() for record in caplog.records)
 

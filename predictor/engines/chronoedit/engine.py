@@ -26,20 +26,19 @@ from predictor.loras.slots import AdapterStack
 from predictor.loras.sources import LoraLoader
 from predictor.loras.sources import describe as describe_loras
 
-from . import chronoedit_model as model
-from . import fp8
-from .base import SAFETY_FLAGGED_KEY, Engine, EngineJob, ProgressFn
-from .blend import (
+from ..base import SAFETY_FLAGGED_KEY, Engine, EngineJob, ProgressFn
+from ..blend import (
     PassTile,
     blend_tiles,
     default_overlap,
     plan_pass_tiles,
     tile_shapes,
 )
-from .chronoedit_loader import StartupReport, adopt_pipeline, default_cache_dir, load_pipeline
+from ..options import GPU_PRECISIONS, ChronoEditOptions
+from ..safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
+from . import fp8, model
 from .compile_cache import CompileCache, compile_key
-from .options import GPU_PRECISIONS, ChronoEditOptions
-from .safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
+from .loader import StartupReport, adopt_pipeline, default_cache_dir, load_pipeline
 
 if TYPE_CHECKING:
     from diffusers import ChronoEditPipeline

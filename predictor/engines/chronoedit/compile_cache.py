@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("predictor.engines.compile_cache")
+log = logging.getLogger("predictor.engines.chronoedit.compile_cache")
 
 SUBDIR = "torch-compile"
 

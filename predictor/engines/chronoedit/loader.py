@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
-from . import chronoedit_model as model
+from . import model
 from .prompt_cache import (
     CachedPrompt,
     PromptCache,

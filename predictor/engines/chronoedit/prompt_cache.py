@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("predictor.engines.prompt_cache")
+log = logging.getLogger("predictor.engines.chronoedit.prompt_cache")
 
 #: bump when the file's layout or what the key covers changes
 FORMAT = 1
