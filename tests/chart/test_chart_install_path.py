@@ -105,6 +105,7 @@ def test_chart_examples_get_the_image_of_their_accelerator_with_the_documented_v
     assert images == {
         "upscaler.yaml": (cuda, []),
         "upscaler-queue.yaml": (cuda, []),
+        "upscaler-node-cache.yaml": (cuda, []),
         "upscaler-sr-cpu.yaml": (f"{cuda}-cpu", []),
     }
 

@@ -216,7 +216,7 @@ def test_lora_scale_zero_is_the_base_model(
 def test_tiles_are_blended_without_visible_seams(engine: ChronoEditEngine, monkeypatch) -> None:
     """The tiny model draws artefacts along every pass border; butted tiles show them as a
     grid, the blend hides them. The same metric is checked on both, so it can tell."""
-    import predictor.engines.chronoedit as chronoedit
+    import predictor.engines.chronoedit.engine as chronoedit
 
     source, job = photo_crop(96, 64), _job(192, 128, seed=1)
     tiles = engine.plan(job)
