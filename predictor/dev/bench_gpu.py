@@ -88,8 +88,9 @@ UMT5_XXL: dict[str, Any] = {
     "tie_word_embeddings": False,
     "pad_token_id": 0,
     "eos_token_id": 1,
+    "decoder_start_token_id": 0,
 }
-#: CLIP ViT-H/14, the image encoder
+#: CLIP ViT-H/14, the image encoder (Wan2.1-I2V's open-clip vision tower)
 CLIP_VIT_H14: dict[str, Any] = {
     "hidden_size": 1280,
     "intermediate_size": 5120,
@@ -99,6 +100,7 @@ CLIP_VIT_H14: dict[str, Any] = {
     "patch_size": 14,
     "projection_dim": 1024,
     "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
 }
 TEXT_TOKENS = 512  # max_sequence_length (WanAttnProcessor assumes it)
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224²: 16² patches + the class token

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from predictor.dev.bench_gpu import CLIP_VIT_H14, UMT5_XXL, WAN_I2V_14B
+
 RESULT_PREFIX = "BENCH_STARTUP_RESULT "
 GiB = 1024**3
 #: a start's expected length, to skip one that cannot finish inside the budget
@@ -47,35 +49,6 @@ CLEANUP_RESERVE_S = 8.0
 SHARD_BYTES = 5 * GiB
 RANDOM_STD = 0.02
 LORA_RANK = 32
-
-#: transformers' UMT5-XXL encoder (the ChronoEdit / Wan2.1 text encoder)
-UMT5_XXL: dict[str, Any] = {
-    "vocab_size": 256384,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "feed_forward_proj": "gated-gelu",
-    "tie_word_embeddings": False,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-    "decoder_start_token_id": 0,
-}
-#: the open-clip ViT-H/14 vision tower of Wan2.1-I2V (its image encoder)
-CLIP_VIT_H: dict[str, Any] = {
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 16,
-    "image_size": 224,
-    "patch_size": 14,
-    "projection_dim": 1024,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-5,
-}
 
 
 def say(text: str) -> None:
@@ -157,14 +130,12 @@ def component_modules(model_dir: Path, full: bool) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan, ChronoEditTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-    from predictor.dev.bench_gpu import WAN_I2V_14B
-
     if full:
         configs = {
             "transformer": dict(WAN_I2V_14B),
             "vae": {},
             "text_encoder": UMT5Config(**UMT5_XXL),
-            "image_encoder": CLIPVisionConfig(**CLIP_VIT_H),
+            "image_encoder": CLIPVisionConfig(**CLIP_VIT_H14),
         }
     else:
         configs = {
@@ -302,7 +273,7 @@ def write_model(
             seed_prompt_cache(directory, cache_dir)
         processor = directory / "image_processor" / "preprocessor_config.json"
         config = json.loads(processor.read_text())
-        side = CLIP_VIT_H["image_size"]
+        side = CLIP_VIT_H14["image_size"]
         config.update(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         processor.write_text(json.dumps(config, indent=2))
         shutil.rmtree(directory / "lora", ignore_errors=True)  # the distill LoRA is not read

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -254,45 +254,27 @@ def load_pipeline(
     from transformers import CLIPVisionModel
 
     no_hub_kernels()
-    device_map = str(device)
     with report.phase("embeddings"):
         embeddings = prompt_embeddings(model_dir, dtype, device, cache_dir, report)
-    with report.phase("transformer"):
-        transformer = load_component(
-            model_dir / "transformer",
-            lambda: ChronoEditTransformer3DModel.from_pretrained(
-                model_dir,
-                subfolder="transformer",
-                dtype=dtype,
-                device_map=device_map,
-                local_files_only=True,
-            ),
-            "transformer",
-        )
-    with report.phase("vae"):
-        vae = load_component(
-            model_dir / "vae",
-            lambda: AutoencoderKLWan.from_pretrained(
-                model_dir,
-                subfolder="vae",
-                dtype=dtype,
-                device_map=device_map,
-                local_files_only=True,
-            ),
-            "VAE",
-        )
-    with report.phase("image_encoder"):
-        image_encoder = load_component(
-            model_dir / "image_encoder",
-            lambda: CLIPVisionModel.from_pretrained(
-                model_dir,
-                subfolder="image_encoder",
-                dtype=torch.float32,
-                device_map=device_map,
-                local_files_only=True,
-            ),
-            "image encoder",
-        )
+
+    def load(cls: Any, subfolder: str, what: str, weights: torch.dtype = dtype) -> Any:
+        """One component from its safetensors straight onto the device (``device_map``)."""
+        with report.phase(subfolder):
+            return load_component(
+                model_dir / subfolder,
+                lambda: cls.from_pretrained(
+                    model_dir,
+                    subfolder=subfolder,
+                    dtype=weights,
+                    device_map=str(device),
+                    local_files_only=True,
+                ),
+                what,
+            )
+
+    transformer = load(ChronoEditTransformer3DModel, "transformer", "transformer")
+    vae = load(AutoencoderKLWan, "vae", "VAE")
+    image_encoder = load(CLIPVisionModel, "image_encoder", "image encoder", torch.float32)
     with report.phase("pipeline"):
         pipe = ChronoEditPipeline.from_pretrained(
             model_dir,
