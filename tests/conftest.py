@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -101,6 +102,15 @@ class ServerProcess:
         while self.admitted_count() < count:
             assert time.monotonic() < deadline, f"no request admitted:\n{self.log()[-2000:]}"
             time.sleep(0.05)
+
+
+def serve_in_thread(handler: Any) -> tuple[ThreadingHTTPServer, str]:
+    """A loopback HTTP server for ``handler`` on a free port, serving on daemon threads:
+    (the server, for ``shutdown()``; its base URL)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
 def start_server(tmp_dir: Path, *flags: str, ca_file: Path | None = None) -> ServerProcess:
@@ -238,10 +248,7 @@ class ImageHost:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_in_thread(Handler)
 
     def add(self, path: str, body: bytes, mime: str = "image/png") -> str:
         self.files[path] = (body, mime)

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from loadtest import users
-from tests.conftest import ROOT, ServerProcess, start_server, stop_server
+from tests.conftest import ROOT, ServerProcess, serve_in_thread, start_server, stop_server
 
 HOURLY_USD = "3.6"
 
@@ -225,10 +224,7 @@ class StandIn:
                     image = {"url": f"{elsewhere}/files/x.jpg", "width": 512, "height": 512}
                     self._json(200, {"images": [image], "prompt": "", "seed": 1})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_in_thread(Handler)
 
     def close(self) -> None:
         self.httpd.shutdown()

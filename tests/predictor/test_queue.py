@@ -4,16 +4,15 @@ shared admission with the sync route, webhooks (retry, signature) and the proxy 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from predictor.api.queue_routes import map_proxy_target
 from predictor.queue.webhooks import verify_signature
-from tests.conftest import data_uri, encode, photo_crop, start_server, stop_server
+from tests.conftest import data_uri, encode, photo_crop, serve_in_thread, start_server, stop_server
 
 SUBMIT = "/queue/fal-ai/chrono-edit-lora-gallery/upscaler"
 SHORT = "/queue/fal-ai/chrono-edit-lora-gallery/requests"
@@ -40,10 +39,8 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, base = serve_in_thread(Handler)
+        self.url = f"{base}/hook"
 
     def wait_for(self, count: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
