@@ -161,14 +161,18 @@ def tls_server_post(srv, payload: dict) -> None:
 
 
 def test_fal_client_cancel_waiting_and_running(tls_server) -> None:
-    out = python_client(tls_server, "cancel", {"long": photo(1024, 1024), "short": photo(32, 32)})
+    # ×4 of 1024², 256 tiles: seconds of work, so the client's next calls land while it runs
+    # (×2 once finished, tile and PNG encode included, before a loaded machine sent the cancel)
+    long = {**photo(1024, 1024), "upscale_factor": 4}
+    out = python_client(tls_server, "cancel", {"long": long, "short": photo(32, 32)})
     assert out["waiting_before"] == ["Queued", 0]
     for name in ("waiting", "running"):
-        assert out[name]["status"] == "Completed"
-        assert out[name]["error_type"] == "request_cancelled"
+        assert out[name]["status"] == "Completed", name
+        assert out[name]["error_type"] == "request_cancelled", (name, out[name]["logs"][-3:])
         assert out[name]["get"] == {"status": 400, "error_type": "request_cancelled"}
     tiles = [m for m in out["running"]["logs"] if m.startswith("tile ")]
-    assert tiles and tiles[-1] != "tile 256/256", "the running request stopped early"
+    done, total = map(int, tiles[-1].removeprefix("tile ").split("/"))
+    assert done < total, "the running request stopped early"
     assert out["after"]["images"][0]["width"] == 64
     assert out["cancel_again"] == 400
 
