@@ -41,7 +41,7 @@ def parse_url(text: str) -> str:
     return text.rstrip("/")
 
 
-def _positive(kind):
+def positive(kind):
     def parse(text: str):
         value = kind(text)
         if value <= 0:
@@ -51,7 +51,7 @@ def _positive(kind):
     return parse
 
 
-def _non_negative(text: str) -> float:
+def non_negative(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be ≥ 0: {text}")
@@ -87,27 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--timeout",
-            type=_positive(float),
+            type=positive(float),
             default=None,
             help="seconds without an answer (or per queue journey) before a request is a "
             "timeout (default: the server's request timeout + 30)",
         )
         sub.add_argument(
             "--stop-grace",
-            type=_non_negative,
+            type=non_negative,
             default=None,
             help="seconds users get after the duration to finish the request in hand "
             "(default: the timeout)",
         )
         sub.add_argument(
             "--poll-interval",
-            type=_positive(float),
+            type=positive(float),
             default=0.1,
             help="seconds between queue status polls (fal_client's default)",
         )
         sub.add_argument(
             "--shed-backoff",
-            type=_non_negative,
+            type=non_negative,
             default=0.2,
             help="seconds a user waits after a 429/503",
         )
@@ -116,40 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="ask for data: URIs back (fal's sync_mode) instead of URLs to download",
         )
-        sub.add_argument("--pool", type=_positive(int), default=32, help="pre-encoded requests")
+        sub.add_argument("--pool", type=positive(int), default=32, help="pre-encoded requests")
         sub.add_argument(
             "--give-up-after",
-            type=_positive(float),
+            type=positive(float),
             default=None,
             help="seconds after which the impatient profile's impatient clients hang up "
             "(default: the profile's own)",
         )
         sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--sample-interval", type=_positive(float), default=1.0)
-    run.add_argument("--users", type=_positive(int), required=True)
-    run.add_argument("--spawn-rate", type=_positive(float), default=1.0, help="users per second")
+        sub.add_argument("--sample-interval", type=positive(float), default=1.0)
+    run.add_argument("--users", type=positive(int), required=True)
+    run.add_argument("--spawn-rate", type=positive(float), default=1.0, help="users per second")
     over.add_argument(
-        "--users", type=_positive(int), default=None, help="default: multiplier × capacity"
+        "--users", type=positive(int), default=None, help="default: multiplier × capacity"
     )
     over.add_argument(
-        "--spawn-rate", type=_positive(float), default=None, help="default: all at once"
+        "--spawn-rate", type=positive(float), default=None, help="default: all at once"
     )
-    over.add_argument("--multiplier", type=_positive(float), default=overload.DEFAULT_MULTIPLIER)
+    over.add_argument("--multiplier", type=positive(float), default=overload.DEFAULT_MULTIPLIER)
     over.add_argument(
         "--capacity",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="requests the server takes on (default: /info max_inflight + max_waiting)",
     )
     over.add_argument(
         "--max-p99",
-        type=_positive(float),
+        type=positive(float),
         default=overload.DEFAULT_MAX_P99_S,
         help="seconds the accepted requests' p99 latency may reach",
     )
     over.add_argument(
         "--max-rss-mb",
-        type=_non_negative,
+        type=non_negative,
         default=overload.DEFAULT_MAX_RSS_MB,
         help="MiB the server's resident memory may reach (0: not checked)",
     )

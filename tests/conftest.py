@@ -113,8 +113,10 @@ def serve_in_thread(handler: Any) -> tuple[ThreadingHTTPServer, str]:
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
-def start_server(tmp_dir: Path, *flags: str, ca_file: Path | None = None) -> ServerProcess:
-    """Start ``chrono-upscaler serve``; with ``ca_file`` the flags must include --tls-cert/key."""
+def launch_server(
+    tmp_dir: Path, *flags: str, env: dict[str, str] | None = None, ca_file: Path | None = None
+) -> ServerProcess:
+    """Start ``chrono-upscaler serve`` on a free port without waiting for it to be ready."""
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
     with open(log_path, "wb") as log_file:
@@ -123,11 +125,18 @@ def start_server(tmp_dir: Path, *flags: str, ca_file: Path | None = None) -> Ser
             cwd=ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     scheme = "https" if ca_file else "http"
     verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-    server = ServerProcess(f"{scheme}://127.0.0.1:{port}", process, log_path, verify)
+    return ServerProcess(f"{scheme}://127.0.0.1:{port}", process, log_path, verify)
+
+
+def start_server(tmp_dir: Path, *flags: str, ca_file: Path | None = None) -> ServerProcess:
+    """Start ``chrono-upscaler serve`` and wait until it is ready; with ``ca_file`` the flags
+    must include --tls-cert/key."""
+    server = launch_server(tmp_dir, *flags, ca_file=ca_file)
+    process, verify = server.process, server.verify
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -19,22 +19,8 @@ from loadtest.capacity import service, traffic
 from loadtest.capacity.report import render_markdown, write_outputs
 from loadtest.capacity.simulate import SimSettings, simulate
 from loadtest.capacity.summary import summarize_outcome
-from loadtest.cli import parse_duration
+from loadtest.cli import non_negative, parse_duration, positive
 from loadtest.profiles import PROFILES
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0: {text}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -51,16 +37,16 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
         "--traffic", choices=("constant", "daily", "bursts", "trace", "users"), default="constant"
     )
     t.add_argument("--duration", type=parse_duration, default=3600.0, help="e.g. 1h, 24h, 90s")
-    t.add_argument("--rate", type=_positive, help="constant, bursts (base): requests/s")
-    t.add_argument("--peak-rate", type=_positive, help="daily: requests/s at the peak")
-    t.add_argument("--trough-rate", type=_non_negative, default=0.0, help="daily: at night")
+    t.add_argument("--rate", type=positive(float), help="constant, bursts (base): requests/s")
+    t.add_argument("--peak-rate", type=positive(float), help="daily: requests/s at the peak")
+    t.add_argument("--trough-rate", type=non_negative, default=0.0, help="daily: at night")
     t.add_argument("--peak-hour", type=float, default=14.0, help="daily: hour of the peak")
-    t.add_argument("--burst-rate", type=_positive, help="bursts: requests/s during a burst")
+    t.add_argument("--burst-rate", type=positive(float), help="bursts: requests/s during a burst")
     t.add_argument("--burst-every", type=parse_duration, default=3600.0)
     t.add_argument("--burst-for", type=parse_duration, default=300.0)
     t.add_argument("--trace", type=Path, help="trace: CSV of time, width, height[, steps, loras]")
     t.add_argument("--users", type=_count, help="users: closed-loop clients (the load test's)")
-    t.add_argument("--think", type=_non_negative, default=0.0, help="users: seconds between")
+    t.add_argument("--think", type=non_negative, default=0.0, help="users: seconds between")
     sizes = t.add_mutually_exclusive_group()
     sizes.add_argument("--sizes", help="output sizes: 1280x720 or 854x480:0.7,1280x720:0.3")
     sizes.add_argument("--profile", choices=sorted(PROFILES), help="the load test's request mix")
@@ -77,13 +63,13 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
     source.add_argument("--service", type=Path, help="YAML of points (docs/capacity.md)")
     source.add_argument("--bench-gpu", type=Path, help="saved `make bench-gpu` output")
     source.add_argument("--bench", type=Path, help="saved `make bench` output (sr)")
-    source.add_argument("--seconds", type=_positive, help="every image takes this long")
+    source.add_argument("--seconds", type=positive(float), help="every image takes this long")
     s.add_argument(
         "--steps", type=int, default=30, help="with --bench-gpu: steps per image (fal's default)"
     )
     s.add_argument(
         "--fixed-seconds",
-        type=_non_negative,
+        type=non_negative,
         default=None,
         help="with --bench-gpu: seconds per image outside the steps (default: what it measured)",
     )
@@ -92,27 +78,27 @@ def _add_inputs(sub: argparse.ArgumentParser) -> None:
         default=None,
         help="with --bench-gpu: the rows of one mode, e.g. 'compiled fp8' (default: compiled bf16)",
     )
-    s.add_argument("--lora-seconds", type=_non_negative, default=None)
-    s.add_argument("--cold-start", type=_non_negative, default=None, help="seconds, a cold node")
-    s.add_argument("--cached-start", type=_non_negative, default=None, help="seconds, cached")
+    s.add_argument("--lora-seconds", type=non_negative, default=None)
+    s.add_argument("--cold-start", type=non_negative, default=None, help="seconds, a cold node")
+    s.add_argument("--cached-start", type=non_negative, default=None, help="seconds, cached")
     s.add_argument(
         "--service-distribution", choices=("fixed", "exponential", "lognormal"), default="fixed"
     )
     s.add_argument(
         "--service-sigma",
-        type=_non_negative,
+        type=non_negative,
         default=0.5,
         help="lognormal: the spread of ln(engine time) around the model's time",
     )
     s.add_argument(
         "--overhead",
-        type=_non_negative,
+        type=non_negative,
         default=0.0,
         help="seconds per request outside the engine (HTTP, queue polling, download)",
     )
     o = sub.add_argument_group("outputs")
-    o.add_argument("--hourly-usd", type=_non_negative, help="price of one replica-hour")
-    o.add_argument("--client-timeout", type=_positive, help="default: requestTimeoutSeconds")
+    o.add_argument("--hourly-usd", type=non_negative, help="price of one replica-hour")
+    o.add_argument("--client-timeout", type=positive(float), help="default: requestTimeoutSeconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, required=True, help="directory for the report")
     rec = commands.add_parser("recommend", help="the cheapest scaling that meets a p95 target")
     _add_inputs(rec)
-    rec.add_argument("--p95", type=_positive, required=True, help="seconds, end to end")
+    rec.add_argument("--p95", type=positive(float), required=True, help="seconds, end to end")
     rec.add_argument(
         "--max-replicas-limit",
         type=int,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, ServerProcess, free_port, serve_in_thread
+from tests.conftest import ServerProcess, free_port, launch_server, serve_in_thread
 
 #: the AOF fsync policy docs/replicas.md recommends: an answered write is on disk
 FSYNC = "always"
@@ -305,17 +305,7 @@ class WebhookReceiver:
 
 def launch(tmp: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Start a replica without waiting for it to be ready (see :func:`wait_ready`)."""
-    port = free_port()
-    log_path = tmp / f"replica-{port}.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "predictor", "serve", "--port", str(port), *flags],
-            cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-    return ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    return launch_server(tmp, *flags, env=env)
 
 
 def readiness(srv: ServerProcess) -> int | None:
