@@ -138,6 +138,30 @@ def test_exact_size_and_determinism(engine: ChronoEditEngine) -> None:
         engine.upscale(source, _job(width=60))
 
 
+def test_the_image_is_the_pipelines_own_last_frame(engine: ChronoEditEngine) -> None:
+    """Only the last frame leaves the device, converted there; the bytes equal the pipeline's
+    own ``np`` output of all five frames, its last frame clipped and rounded on the host."""
+    source = photo_crop(32, 24)
+    image = engine.upscale(source, _job())
+    guide = source.resize((64, 48), Image.Resampling.LANCZOS)
+    frames = engine.pipe(
+        image=guide,
+        prompt_embeds=engine.embeddings.positive,
+        negative_prompt_embeds=engine.embeddings.negative,
+        height=48,
+        width=64,
+        num_frames=5,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator("cpu").manual_seed(7),
+        output_type="np",
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    ).frames
+    assert frames.shape[:2] == (1, 5)
+    expected = (np.clip(frames[0][-1], 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    assert np.array_equal(np.asarray(image), expected)
+
+
 def test_step_callback_fires_once_per_step(engine: ChronoEditEngine) -> None:
     calls: list[tuple[int, int, str]] = []
     engine.upscale(photo_crop(32, 24), _job(num_inference_steps=3), lambda *a: calls.append(a))

@@ -50,8 +50,9 @@ GUIDE_FILTER = Image.Resampling.LANCZOS
 WARMUP_STEPS = 2
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return (np.clip(pixels, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Float pixels in [0, 1] to bytes where they are (on the GPU: 1 byte a channel leaves it)."""
+    return pixels.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
 
 
 class ChronoEditEngine(Engine):
@@ -248,8 +249,10 @@ class ChronoEditEngine(Engine):
         on_step: ProgressFn | None = None,
         step_offset: int = 0,
         total_steps: int = 0,
-    ) -> np.ndarray:
-        """One diffusion pass over ``guide`` (already at the pass's size): (h, w, 3) floats."""
+    ) -> torch.Tensor:
+        """One diffusion pass over ``guide`` (already at the pass's size): the last frame,
+        (h, w, 3) float32 in [0, 1], still on the device — the pipeline's own ``np`` output
+        would copy all five frames to the host and convert them there."""
 
         def step_end(_pipe, step: int, _timestep, _tensors) -> dict:
             # an exception raised here (a cancelled job) propagates out of the pipeline call
@@ -267,11 +270,12 @@ class ChronoEditEngine(Engine):
             num_inference_steps=job.num_inference_steps,
             guidance_scale=job.guidance_scale,  # CFG (a second pass per step) only when > 1
             generator=generator,
-            output_type="np",
+            output_type="pt",
             callback_on_step_end=step_end,
             max_sequence_length=model.MAX_SEQUENCE_LENGTH,
         )
-        return output.frames[0][-1]  # the last of the 5 frames is the upscaled image
+        # frames: (batch, 5, 3, h, w); the last of the 5 frames is the upscaled image
+        return output.frames[0, -1].permute(1, 2, 0).float()
 
     def plan(self, job: EngineJob) -> list[PassTile]:
         """The passes a job needs: one, or overlapping tiles when above ``max_pass_area``."""
@@ -318,9 +322,10 @@ class ChronoEditEngine(Engine):
                     box = (tile.x0, tile.y0, tile.x1, tile.y1)
                     offset = rendered * job.num_inference_steps
                     rendered += 1
-                    return self._render(guide.crop(box), job, generator, progress, offset, total)
+                    frame = self._render(guide.crop(box), job, generator, progress, offset, total)
+                    return frame.cpu().numpy()
 
-                pixels = blend_tiles(job.width, job.height, tiles, render)
+                pixels = torch.from_numpy(blend_tiles(job.width, job.height, tiles, render))
             result = Image.fromarray(_to_uint8(pixels))
             safety = self._check(result, job)
         if safety == "flagged":
