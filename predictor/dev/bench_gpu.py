@@ -333,6 +333,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     bare: list[dict[str, Any]] = field(default_factory=list)
     drift: dict[str, float] = field(default_factory=dict)
+    #: where the default request's time goes (:mod:`predictor.dev.bench_gpu_profile`)
+    profile: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -429,8 +431,6 @@ class Bench:
         """Warm up once (compiles this variant), then a timed request of ``measure_steps``;
         with ``full``, the whole ``STEPS``-step request too (when the budget allows). Skipped
         when it would eat into ``reserve`` seconds kept for a later stage."""
-        from PIL import Image
-
         self.last_image = None
         width, height = size
         plan = self.engine.plan(self.request(width, height, 1, 0, 0, 1.0))
@@ -450,11 +450,7 @@ class Bench:
             row.status = "SKIPPED (budget)"
             self._print(row)
             return row
-        # a fixed random picture: content for the drift comparison, the same in every row
-        pixels = np.random.default_rng(0).integers(
-            0, 256, (max(16, height // 2), max(16, width // 2), 3)
-        )
-        source = Image.fromarray(pixels.astype(np.uint8))
+        source = picture(width, height)
         try:
             started = time.perf_counter()
             self.run(self.request(width, height, 2, 0, extras, scale), source)
@@ -466,12 +462,7 @@ class Bench:
             job = self.request(width, height, steps, 1, extras, scale)
             total, stamps, _ = self.run(job, source)
             row.rank = self.engine.adapters.rank
-            gaps = [
-                later - earlier
-                for index, (earlier, later) in enumerate(itertools.pairwise(stamps))
-                if (index + 1) % steps  # not across a tile boundary
-            ]
-            row.step_s = statistics.median(gaps)
+            row.step_s = step_seconds(stamps, steps)
             row.outside_s = total - row.step_s * steps * tiles
             row.image_s = row.outside_s + row.step_s * STEPS * tiles
             if full and self.report.left() - reserve > row.image_s + need:
@@ -493,6 +484,27 @@ class Bench:
     def _print(self, row: Row) -> None:
         self.report.rows.append(row)
         say(format_row(row, self.report.price))
+
+
+def picture(width: int, height: int):
+    """A fixed random half-size input: content for the drift comparison, the same in every
+    row."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(
+        0, 256, (max(16, height // 2), max(16, width // 2), 3)
+    )
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def step_seconds(stamps: list[float], steps: int) -> float:
+    """The median gap between synchronised step stamps, never across a tile boundary."""
+    gaps = [
+        later - earlier
+        for index, (earlier, later) in enumerate(itertools.pairwise(stamps))
+        if (index + 1) % steps
+    ]
+    return statistics.median(gaps)
 
 
 def format_row(row: Row, price: float) -> str:
@@ -643,6 +655,38 @@ def run(args: argparse.Namespace) -> int:
 
         return stage
 
+    def where_time_goes() -> None:
+        """The default request on the compiled engine: outside the steps by part, the VAE with
+        cuDNN's autotuner off and on, and one request's kernels by kind."""
+        from predictor.dev import bench_gpu_profile as profile
+
+        width, height = sizes["default"]
+        steps = args.measure_steps
+        source = picture(width, height)
+        job = bench.request(width, height, steps, 1, 0, 1.0)
+
+        def outside() -> float:
+            total, stamps, _ = bench.run(job, source)
+            return total - step_seconds(stamps, steps) * steps
+
+        pipe = bench.engine.pipe
+        parts = profile.outside_parts(pipe, device, outside)
+        say(parts_table(parts))
+        vae = profile.vae_autotuner(pipe.vae, width, height, device)
+        say(vae_table(vae))
+        kernels = profile.profile_kernels(lambda: bench.run(job, source), device)
+        per = f"per request ({steps} steps)"
+        say(kernels.table(per))
+        report.profile = {
+            "size": f"{width}×{height}",
+            "steps": steps,
+            "outside": parts,
+            "vae": vae,
+            "kernels_by_kind": kernels.by_kind,
+            "largest_kernels": kernels.top,
+            "kernels_table": kernels.table(per),
+        }
+
     def compiled_bare() -> None:
         """Today's bare table, compiled column: the engine's compiled transformer at rank 0
         (no adapter math: the same graph as the bare transformer's)."""
@@ -693,6 +737,8 @@ def run(args: argparse.Namespace) -> int:
                 fp8_reserve = 0.0 if args.no_fp8 else args.fp8_reserve_s * scale
                 stage = rows(compiled, True, fp8_reserve)
                 guarded(report, f"engine, compiled {base}", 60 * scale, stage)
+                guarded(report, "where the time goes", 40 * scale + fp8_reserve,
+                        where_time_goes)  # fmt: skip
                 # only with plenty of budget left: fp8 (next) matters more than this column
                 guarded(report, "bare transformer, compiled", 150 * scale, compiled_bare)
                 if not args.no_fp8 and guarded(report, "to fp8", 20 * scale, to_fp8):
@@ -714,6 +760,20 @@ def bare_table(report: Report) -> str:
             f"| {entry['eager_s']:.3f} | {entry['eager_s'] / entry['floor_s']:.2f} "
             f"| {compiled:.3f} | {compiled / entry['floor_s']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def parts_table(parts: dict[str, float]) -> str:
+    lines = ["| outside the steps | s |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.3f} |" for name, seconds in parts.items()]
+    return "\n".join(lines)
+
+
+def vae_table(vae: dict[str, float]) -> str:
+    lines = ["| VAE (cudnn.benchmark) | s | on/off |", "|---|---|---|"]
+    for name, seconds in vae.items():
+        off = vae.get(name.replace("autotuner on", "autotuner off"), seconds)
+        lines.append(f"| {name} | {seconds:.3f} | {seconds / off:.2f} |")
     return "\n".join(lines)
 
 
@@ -774,6 +834,19 @@ def markdown(report: Report) -> str:
             f"weights): final latent relative error {report.drift['latent_relative_error']:.4f}, "
             f"output PSNR {report.drift['psnr_db']:.1f} dB"
         )
+    if report.profile:
+        profile = report.profile
+        lines += [
+            "",
+            f"where the time goes (compiled, default request at {profile['size']}, "
+            f"{profile['steps']} steps):",
+            "",
+            parts_table(profile["outside"]),
+            "",
+            vae_table(profile["vae"]),
+            "",
+            profile["kernels_table"],
+        ]
     if report.config == "full":
         lines += ["", *targets(report)]
     lines += ["", "stages:", *(f"- {name}: {status}" for name, status in report.stages.items())]

@@ -42,6 +42,59 @@ def test_without_a_gpu_it_runs_the_tiny_harness_and_exits_zero(capsys, tmp_path,
     assert {row["rank"] for row in rows.values()} == {0, 8, 16}  # the stack's rank buckets
     assert 0 < report["drift"]["latent_relative_error"] < 0.2
     assert "fp8 drift vs bf16" in (tmp_path / "bench_gpu.md").read_text()
+    # where the time goes: the parts outside the steps add up, the VAE both ways, the kernels
+    profile = report["profile"]
+    outside = profile["outside"]
+    parts = [name for name in outside if name != "outside the steps"]
+    assert parts[:3] == ["CLIP image encoder", "VAE encode", "VAE decode"]
+    assert all(outside[name] > 0 for name in parts[:3])
+    assert sum(outside[name] for name in parts) == pytest.approx(outside["outside the steps"])
+    assert set(profile["vae"]) == {
+        f"{what}, autotuner {setting}" for what in ("encode", "decode") for setting in ("off", "on")
+    }
+    kinds = profile["kernels_by_kind"]
+    assert kinds["convolution"] > 0 and kinds["matmul"] > 0 and kinds["attention"] > 0
+    assert "| largest kernels |" in (tmp_path / "bench_gpu.md").read_text()
+
+
+def test_kernels_are_sorted_into_kinds_by_name() -> None:
+    from predictor.dev.bench_gpu_profile import kind_of
+
+    assert kind_of("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128>>") == "attention"
+    assert kind_of("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert kind_of("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc") == "convolution"
+    assert kind_of("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTT") == "matmul"
+    assert kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64") == "matmul"
+    assert kind_of("triton_poi_fused_add_mul_native_layer_norm_0") == "fused (Inductor/Triton)"
+    assert kind_of("Memcpy DtoH (Device -> Pageable)") == "copy"
+    assert kind_of("aten::mm") == "matmul" and kind_of("aten::native_layer_norm") == "other"
+
+
+def test_the_stopwatch_times_a_call_and_undoes_itself() -> None:
+    from predictor.dev.bench_gpu_profile import outside_parts
+
+    class Vae:
+        def encode(self, x):
+            return x + 1
+
+    class Pipe:
+        vae = Vae()
+
+        def encode_image(self, x):
+            return x * 2
+
+    pipe = Pipe()
+    pipe.vae.decode = lambda x: x - 1  # an instance attribute (the bench's capture)
+    decode = pipe.vae.decode
+
+    def run() -> float:
+        assert (pipe.encode_image(2), pipe.vae.encode(2), pipe.vae.decode(2)) == (4, 3, 1)
+        return 1.0
+
+    parts = outside_parts(pipe, torch.device("cpu"), run)
+    assert parts["outside the steps"] == 1.0 and 0 < parts["VAE encode"] < 0.5
+    assert "encode_image" not in vars(pipe) and "encode" not in vars(pipe.vae)
+    assert pipe.vae.decode is decode  # the capture is back
 
 
 def test_a_failing_stage_is_reported_and_the_rest_still_runs(capsys, monkeypatch) -> None:
