@@ -44,8 +44,9 @@ bench: $(STAMP)  ## per-stage timings, server and queue overhead, sr quality, a 
 chaos: $(STAMP) test-deps  ## the fault suite at full length: Redis, S3, webhook and replica faults under load (docs/replicas.md)
 	$(PY) -m tests.faults
 
-bench-gpu: $(STAMP)  ## the chronoedit engine at full size, random weights, on a CUDA GPU: one table (docs/chronoedit.md); without a GPU, its tiny harness
+bench-gpu: $(STAMP)  ## the chronoedit engine at full size, random weights, on a CUDA GPU: speed, then start-up (docs/chronoedit.md); without a GPU, their tiny harnesses
 	$(PY) -m predictor.dev.bench_gpu
+	$(PY) -m predictor.dev.bench_startup
 
 capacity-compare: $(STAMP)  ## the capacity simulator against a real local sr run: 2 replicas on Redis, 4 users (docs/loadtest.md)
 	$(PY) -m loadtest.capacity compare --out build/capacity/compare
