@@ -140,26 +140,35 @@ class StepShape:
         return (frames // p_t) * (height // p_h) * (width // p_w)
 
 
-def step_flops(shape: StepShape, config: dict[str, Any] = WAN_I2V_14B) -> float:
-    """Multiply-adds × 2 of one transformer forward (matmuls and attention; norms, RoPE and
-    element-wise work are left out, they are far below 1%)."""
+def step_flop_parts(shape: StepShape, config: dict[str, Any] = WAN_I2V_14B) -> dict[str, float]:
+    """Multiply-adds × 2 of one transformer forward, split into ``matmul`` (the linear layers)
+    and ``attention`` (scores and weighted sums); norms, RoPE and element-wise work are left
+    out, they are far below 1%."""
     tokens = shape.tokens(config)
     dim = config["num_attention_heads"] * config["attention_head_dim"]
     context = TEXT_TOKENS + IMAGE_TOKENS
-    per_block = (
+    linear = (
         2 * tokens * dim * dim * 4  # self-attention q, k, v, out
-        + 2 * tokens * tokens * dim * 2  # self-attention scores and weighted sum
         + 2 * tokens * dim * dim * 2  # cross-attention q, out
         + 2 * context * dim * dim * 2  # cross-attention k, v (text) and added k, v (image)
-        + 2 * tokens * context * dim * 2  # cross-attention over text and image tokens
         + 2 * tokens * dim * config["ffn_dim"] * 2  # feed-forward up and down
+    )
+    attention = (
+        2 * tokens * tokens * dim * 2  # self-attention scores and weighted sum
+        + 2 * tokens * context * dim * 2  # cross-attention over text and image tokens
     )
     patch = (
         2 * tokens * dim * config["in_channels"] * 4 + 2 * tokens * dim * config["out_channels"] * 4
     )
     text = 2 * TEXT_TOKENS * (config["text_dim"] * dim + dim * dim)
     image = 2 * IMAGE_TOKENS * (config["image_dim"] ** 2 + config["image_dim"] * dim)
-    return config["num_layers"] * per_block + patch + text + image
+    layers = config["num_layers"]
+    return {"matmul": layers * linear + patch + text + image, "attention": layers * attention}
+
+
+def step_flops(shape: StepShape, config: dict[str, Any] = WAN_I2V_14B) -> float:
+    """Multiply-adds × 2 of one transformer forward (:func:`step_flop_parts`, summed)."""
+    return sum(step_flop_parts(shape, config).values())
 
 
 def floor_seconds(flops: float, peak_tflops: float = PEAK_TFLOPS) -> float:
@@ -677,6 +686,10 @@ def run(args: argparse.Namespace) -> int:
         kernels = profile.profile_kernels(lambda: bench.run(job, source), device)
         per = f"per request ({steps} steps)"
         say(kernels.table(per))
+        rates = profile.kernel_rates(
+            kernels, step_flop_parts(StepShape(width, height), config), steps
+        )
+        say(rates_line(rates))
         report.profile = {
             "size": f"{width}×{height}",
             "steps": steps,
@@ -685,6 +698,7 @@ def run(args: argparse.Namespace) -> int:
             "kernels_by_kind": kernels.by_kind,
             "largest_kernels": kernels.top,
             "kernels_table": kernels.table(per),
+            "tflops_by_kind": rates,
         }
 
     def compiled_bare() -> None:
@@ -769,6 +783,13 @@ def parts_table(parts: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def rates_line(rates: dict[str, float]) -> str:
+    """The achieved rates over the steps: what the ×floor is made of."""
+    return "achieved over the steps: " + ", ".join(
+        f"{kind} {tflops:.0f} TFLOP/s" for kind, tflops in rates.items()
+    )
+
+
 def vae_table(vae: dict[str, float]) -> str:
     lines = ["| VAE (cudnn.benchmark) | s | on/off |", "|---|---|---|"]
     for name, seconds in vae.items():
@@ -846,6 +867,8 @@ def markdown(report: Report) -> str:
             vae_table(profile["vae"]),
             "",
             profile["kernels_table"],
+            "",
+            rates_line(profile["tflops_by_kind"]),
         ]
     if report.config == "full":
         lines += ["", *targets(report)]

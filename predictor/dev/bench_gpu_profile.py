@@ -205,3 +205,17 @@ def profile_kernels(run: Callable[[], Any], device: torch.device, top: int = 10)
         [(name, kind_of(name), seconds) for name, seconds in largest],
         sum(by_name.values()),
     )
+
+
+def kernel_rates(
+    profile: KernelProfile, step_parts: dict[str, float], steps: int
+) -> dict[str, float]:
+    """TFLOP/s achieved by the matmul and attention kernels over ``steps`` transformer steps
+    (``step_parts``: FLOPs per step by kind). The few matmuls outside the steps (CLIP, the
+    adapters' small pairs) count in the time, so the matmul rate errs low, by well under 1 %
+    at full size."""
+    return {
+        kind: flops * steps / profile.by_kind[kind] / 1e12
+        for kind, flops in step_parts.items()
+        if profile.by_kind.get(kind)
+    }

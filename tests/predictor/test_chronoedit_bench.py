@@ -22,6 +22,25 @@ def test_flop_floor_matches_design(width: int, height: int, tokens: int, floor_s
     assert floor_seconds(step_flops(shape)) == pytest.approx(floor_s, abs=0.005)
 
 
+def test_a_steps_flops_split_into_matmuls_and_attention() -> None:
+    """At 720p: 175 TFLOP of linear layers and 47 of attention a step; at the measured 712
+    TFLOP/s for bf16 matmuls (issue 22) the linear layers alone take 0.246 s of a 0.278 s
+    floor, so the attention's rate decides how close to 1.3× a step can get."""
+    from predictor.dev.bench_gpu import step_flop_parts
+    from predictor.dev.bench_gpu_profile import KernelProfile, kernel_rates
+
+    parts = step_flop_parts(StepShape(1280, 720))
+    assert sum(parts.values()) == step_flops(StepShape(1280, 720))
+    assert parts["matmul"] / 1e12 == pytest.approx(175.4, abs=0.1)
+    assert parts["attention"] / 1e12 == pytest.approx(47.0, abs=0.1)
+    # 3 steps whose attention kernels took 0.36 s in all: 47 TFLOP × 3 / 0.36 s ≈ 392 TFLOP/s
+    profile = KernelProfile({"attention": 0.36, "matmul": 0.74, "other": 0.1}, [], 1.2)
+    rates = kernel_rates(profile, parts, steps=3)
+    assert rates["attention"] == pytest.approx(391.8, abs=0.5)
+    assert rates["matmul"] == pytest.approx(711.2, abs=0.5)
+    assert kernel_rates(KernelProfile({"matmul": 1.0}, [], 1.0), parts, 1).keys() == {"matmul"}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the real benchmark")
 def test_without_a_gpu_it_runs_the_tiny_harness_and_exits_zero(capsys, tmp_path, monkeypatch):
     """``make bench-gpu`` with no GPU: every stage of the real run, on the tiny configuration —
