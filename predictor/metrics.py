@@ -110,6 +110,12 @@ SAVED_ENGINE_SECONDS = Counter(
     "when it was stopped).",
     ("engine", "reason"),
 )
+COMPILED_GRAPHS = Counter(
+    "upscaler_compiled_graphs",
+    "Graphs torch.compile built while serving, after the warm-up: each is a request that paid "
+    "for compiling its shape bucket or graph variant (docs/chronoedit.md).",
+    ("engine",),
+)
 SAFETY_FLAGGED = Counter(
     "upscaler_safety_flagged",
     "Outputs the safety checker flagged and replaced with a black image.",
@@ -167,7 +173,7 @@ def start_series(engine: str) -> None:
     """Create every series of ``engine`` at zero, so rates work from the first scrape."""
     for outcome in OUTCOMES:
         REQUESTS.labels(engine, outcome)
-    for counter in (OUTPUT_MEGAPIXELS, DEVICE_SECONDS, COST_USD, SAFETY_FLAGGED):
+    for counter in (OUTPUT_MEGAPIXELS, DEVICE_SECONDS, COST_USD, SAFETY_FLAGGED, COMPILED_GRAPHS):
         counter.labels(engine)
     LIST_PRICE.add(engine, 0)
     for reason in ABANDON_REASONS:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from predictor.engines import ChronoEditOptions, load_engine
 from predictor.engines.base import SAFETY_FLAGGED_KEY, EngineJob
@@ -313,7 +314,7 @@ def test_distill_lora_is_fused_with_flow_shift_two(
 
 
 def test_compiled_transformer_is_warm_and_never_recompiles_a_bucket(
-    tiny_model_dir: Path, engine: ChronoEditEngine
+    tiny_model_dir: Path, engine: ChronoEditEngine, caplog
 ) -> None:
     """``compile=True``: regional torch.compile, the default bucket compiled at load, and
     requests of that bucket (any scale, guidance, seed, steps) reuse the one graph."""
@@ -336,6 +337,18 @@ def test_compiled_transformer_is_warm_and_never_recompiles_a_bucket(
     assert np.abs(_pixels(results[0]) - _pixels(results[1])).max() > 2
     compiled.upscale(photo_crop(24, 16), _job(48, 32))  # tiled into 32×32 passes: same bucket
     assert counters["stats"]["unique_graphs"] == graphs
-    compiled.upscale(source, _job(32, 16))  # a single pass of another shape compiles once
+    # a single pass of another shape compiles once, and says so (log and metric)
+    late = REGISTRY.get_sample_value("upscaler_compiled_graphs_total", {"engine": "chronoedit"})
+    with caplog.at_level(logging.INFO, logger="predictor.engines.chronoedit"):
+        compiled.upscale(source, _job(32, 16))
+        compiled.upscale(source, _job(32, 16, seed=3))  # now warm
     assert counters["stats"]["unique_graphs"] == graphs + 1
+    warnings = [r.getMessage() for r in caplog.records if "while serving" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "compiled graphs=1 while serving pass_shapes=32x16 rank=0" in warnings[0]
+    assert "warm_bucket=32x32" in warnings[0]
+    after = REGISTRY.get_sample_value("upscaler_compiled_graphs_total", {"engine": "chronoedit"})
+    assert after == (late or 0) + 1
+    lines = [r.getMessage() for r in caplog.records if "chronoedit upscale" in r.getMessage()]
+    assert [line.split("new_graphs=")[1].split()[0] for line in lines] == ["1", "0"]
     compiled.close()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from predictor import metrics
 from predictor.codec import to_rgb
 from predictor.engines.options import LoraSettings
 from predictor.errors import feature_not_supported
@@ -309,6 +310,7 @@ class ChronoEditEngine(Engine):
         # one CPU generator per request: the same seed gives the same noise on any device
         generator = torch.Generator("cpu").manual_seed(job.seed)
         with self._lock:
+            graphs = model.compiled_graphs()
             swap_started = time.perf_counter()
             self.adapters.apply(job.lora_scale, prepared)
             swap_seconds = time.perf_counter() - swap_started
@@ -327,14 +329,17 @@ class ChronoEditEngine(Engine):
 
                 pixels = torch.from_numpy(blend_tiles(job.width, job.height, tiles, render))
             result = Image.fromarray(_to_uint8(pixels))
+            new_graphs = model.compiled_graphs() - graphs
             safety = self._check(result, job)
+        if new_graphs and self.compiled:
+            self._compiled_late(new_graphs, tiles, time.perf_counter() - started)
         if safety == "flagged":
             result = blacked_out(result)
             result.info[SAFETY_FLAGGED_KEY] = True  # the journey counts it per request
         log.info(
             "chronoedit upscale width=%d height=%d tiles=%d steps=%d guidance=%g cfg=%s "
             "lora_scale=%g loras=%s rank=%d lora_load_ms=%.1f lora_swap_ms=%.1f seed=%d safety=%s "
-            "render_ms=%.1f",
+            "new_graphs=%d render_ms=%.1f",
             job.width,
             job.height,
             len(tiles),
@@ -348,9 +353,25 @@ class ChronoEditEngine(Engine):
             swap_seconds * 1000,
             job.seed,
             safety,
+            new_graphs,
             (time.perf_counter() - started) * 1000,
         )
         return result
+
+    def _compiled_late(self, graphs: int, tiles: list[PassTile], seconds: float) -> None:
+        """A request compiled graphs after the warm-up: say which pass shape, and count it."""
+        shapes = sorted({(tile.x1 - tile.x0, tile.y1 - tile.y0) for tile in tiles})
+        metrics.COMPILED_GRAPHS.labels(self.name).inc(graphs)
+        log.warning(
+            "chronoedit compiled graphs=%d while serving pass_shapes=%s rank=%d seconds=%.1f "
+            "warm_bucket=%dx%d: the first pass of this shape and graph variant pays for its "
+            "compilation, later ones are warm",
+            graphs,
+            ",".join(f"{width}x{height}" for width, height in shapes),
+            self.adapters.rank,
+            seconds,
+            *self.warmup_bucket,
+        )
 
     def _check(self, image: Image.Image, job: EngineJob) -> str:
         """``off`` (not asked), ``unavailable`` (asked, no checker), ``passed`` or ``flagged``."""

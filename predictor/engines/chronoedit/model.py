@@ -197,6 +197,13 @@ def quantize_blocks(transformer: torch.nn.Module) -> int:
     return quantize_linears(transformer.blocks)
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (one engine per process)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def compile_transformer(transformer: torch.nn.Module, backend: str = "inductor") -> None:
     """Regional ``torch.compile`` of the 40 identical blocks, static shapes.
 
