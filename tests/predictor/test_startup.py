@@ -172,7 +172,13 @@ def test_each_component_is_loaded_straight_onto_the_device(
         expected = torch.float32 if subfolder == "image_encoder" else engine.dtype
         assert kwargs["dtype"] == expected, subfolder
     assert engine.pipe.text_encoder is None and engine.pipe.tokenizer is None
-    assert set(engine.startup.phases) >= {"embeddings", "transformer", "vae", "image_encoder"}
+    assert set(engine.startup.phases) >= {
+        "imports",
+        "embeddings",
+        "transformer",
+        "vae",
+        "image_encoder",
+    }
 
 
 def test_no_kernel_is_fetched_from_the_hub_unless_the_node_asks(

@@ -245,13 +245,14 @@ def load_pipeline(
     The image encoder stays in fp32 as in NVIDIA's examples; the scheduler is rebuilt as UniPC
     with flow sigmas and ``flow_shift`` (NVIDIA's recipe).
     """
-    from diffusers import (
-        AutoencoderKLWan,
-        ChronoEditPipeline,
-        ChronoEditTransformer3DModel,
-        UniPCMultistepScheduler,
-    )
-    from transformers import CLIPVisionModel
+    with report.phase("imports"):  # diffusers' and transformers' lazy modules: seconds
+        from diffusers import (
+            AutoencoderKLWan,
+            ChronoEditPipeline,
+            ChronoEditTransformer3DModel,
+            UniPCMultistepScheduler,
+        )
+        from transformers import CLIPVisionModel
 
     no_hub_kernels()
     with report.phase("embeddings"):
