@@ -341,6 +341,7 @@ class HostMemory:
         self.period = period
         self.idle = {name: _status_kib(name) for name in ("VmRSS", "RssAnon", "RssFile")}
         self.peak = dict(self.idle)
+        self._lock = threading.Lock()  # sample() from the thread and the caller: no lost update
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="host-memory", daemon=True)
         self._thread.start()
@@ -350,8 +351,9 @@ class HostMemory:
             self.sample()
 
     def sample(self) -> None:
-        for name in ("RssAnon", "RssFile"):
-            self.peak[name] = max(self.peak[name], _status_kib(name))
+        with self._lock:
+            for name in ("RssAnon", "RssFile"):
+                self.peak[name] = max(self.peak[name], _status_kib(name))
 
     def stop(self) -> dict[str, float]:
         """The figures, in GB above the idle footprint; stops sampling."""
