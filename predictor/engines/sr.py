@@ -33,6 +33,7 @@ from .cpu_paths import (
 )
 from .ncnn import load_model
 from .options import SRModel
+from .pixels import to_uint8
 from .sr_nets import RRDBNet, UpConv7
 from .tiling import TileFn, count_tiles, upscale_tiled
 
@@ -86,10 +87,6 @@ def plan_scale(
 def default_models_dir(model: SRModel) -> Path:
     """The ``models/`` folder inside the installed PyPI package (they export no helper for it)."""
     return Path(str(importlib.resources.files(_PACKAGES[model]) / "models"))
-
-
-def _to_uint8(tile: torch.Tensor) -> torch.Tensor:
-    return tile.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
 
 
 def _clamp(tile: torch.Tensor) -> torch.Tensor:
@@ -260,7 +257,7 @@ class SREngine(Engine):
             context=self.context,
             trim=trim,
             progress=progress,
-            postprocess=_to_uint8 if last else _clamp,
+            postprocess=to_uint8 if last else _clamp,
         )
 
     def upscale(

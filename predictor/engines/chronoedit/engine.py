@@ -36,6 +36,7 @@ from ..blend import (
     tile_shapes,
 )
 from ..options import GPU_PRECISIONS, ChronoEditOptions
+from ..pixels import to_uint8
 from ..safety import DiffusersSafetyChecker, SafetyChecker, blacked_out
 from . import fp8, model
 from .compile_cache import CompileCache, compile_key
@@ -51,11 +52,6 @@ GUIDE_FILTER = Image.Resampling.LANCZOS
 #: one step compiles a variant: the transformer's graph is the same at every step (the
 #: timestep is a tensor input); the scheduler and the VAE are not compiled
 WARMUP_STEPS = 1
-
-
-def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """Float pixels in [0, 1] to bytes where they are (on the GPU: 1 byte a channel leaves it)."""
-    return pixels.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
 
 
 class ChronoEditEngine(Engine):
@@ -343,7 +339,8 @@ class ChronoEditEngine(Engine):
                     return frame.cpu().numpy()
 
                 pixels = torch.from_numpy(blend_tiles(job.width, job.height, tiles, render))
-            result = Image.fromarray(_to_uint8(pixels))
+            # bytes made on the device: one byte a channel leaves it
+            result = Image.fromarray(to_uint8(pixels).cpu().numpy())
             new_graphs = model.compiled_graphs() - graphs
             safety = self._check(result, job)
         if new_graphs and self.compiled:
