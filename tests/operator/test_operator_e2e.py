@@ -104,7 +104,8 @@ async def test_operator_creates_owned_children_and_reports_not_ready() -> None:
         assert status["observedGeneration"] == 1
         assert status["inferenceService"] == NAME
         assert status["replicas"] == 0 and status["estimatedHourlyCostUsd"] == 0
-        assert cluster.reconciles("ok") >= 1
+        # the status is written inside the reconcile, the counter at its end: wait for it
+        await wait_until(lambda: cluster.reconciles("ok") >= 1, message="a counted reconcile")
 
 
 async def test_operator_resumes_deployments_that_exist_before_it_starts() -> None:
@@ -249,6 +250,7 @@ async def test_operator_reports_invalid_spec_without_retrying_and_keeps_running(
         assert cluster.get(ISVC_RESOURCE, NS, NAME) is None  # nothing built from a bad spec
 
         # no retry storm: a few seconds later, no further reconciles or status writes
+        await wait_until(lambda: cluster.reconciles("invalid") >= 1, message="a counted reconcile")
         invalid, writes = cluster.reconciles("invalid"), len(cluster.requests("PATCH", "/status"))
         await asyncio.sleep(2.5)
         assert cluster.reconciles("invalid") == invalid == 1
