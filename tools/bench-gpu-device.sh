@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench-gpu on a borrowed GPU machine that has torch, transformers and accelerate but not
-# this project's other dependencies: the wheels carried in .whl/ (cp312, built here with
-# `pip download --python-version 3.12 --only-binary=:all: --no-deps -d .whl ...`) go to a
+# this project's other dependencies: the wheels carried in .whl/ (tools/gpu-wheels.sh fetches
+# them, cp312, at the versions the virtualenv here runs) go to a
 # private site directory, then the speed stage and the start-up stage run in one call, each
 # inside its own budget (250 s and 280 s: the start-up stage writes the 46 GB model first)
 # so the pair ends before a 10-minute command limit.
