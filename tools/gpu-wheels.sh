@@ -22,16 +22,25 @@ if [[ ! -x $VENV_PY ]]; then
   echo "gpu-wheels: $VENV_PY is missing; run 'make install' first (the versions come from it)" >&2
   exit 2
 fi
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 
-pins=()
-for dist in "${DISTS[@]}"; do
-  version=$("$VENV_PY" -c 'import sys; from importlib.metadata import version; print(version(sys.argv[1]))' "$dist") || {
-    echo "gpu-wheels: $dist is not installed in $VENV_PY" >&2
-    exit 2
-  }
-  pins+=("$dist==$version")
-done
+# one interpreter for all the pins; a distribution missing from the venv is named and fatal
+mapfile -t pins < <("$VENV_PY" - "${DISTS[@]}" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for dist in sys.argv[1:]:
+    try:
+        print(f"{dist}=={version(dist)}")
+    except PackageNotFoundError:
+        sys.exit(f"gpu-wheels: {dist} is not installed in {sys.executable}")
+PY
+)
+if ((${#pins[@]} != ${#DISTS[@]})); then
+  exit 2
+fi
 
 platforms=()
 for tag in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 \
